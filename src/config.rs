@@ -1,0 +1,453 @@
+//! Plugin configuration: the JSON an operator writes, checked once in `on_configure`.
+//!
+//! Every field is validated here so that a mistake is refused with the field's name and the
+//! reason, instead of surfacing later as a wrong answer to a paying client.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::address::{normalise_address, Network};
+use crate::duration::parse_duration;
+
+/// All the bitcoin there will ever be, in sats: a price above it is a typo.
+const MAX_SATS: u64 = 2_100_000_000_000_000;
+/// Far more than any payment gate needs; the limit keeps a wrong value from meaning "forever".
+const MAX_CONFIRMATIONS: u32 = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    header: Option<String>,
+    network: Option<String>,
+    pay_to: Option<Vec<String>>,
+    price_sats: Option<u64>,
+    min_confirmations: Option<u32>,
+    max_age: Option<String>,
+    explorers: Option<Vec<RawExplorer>>,
+    timeout: Option<String>,
+    failure_mode: Option<String>,
+    routes: Option<Vec<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExplorer {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: Option<String>,
+    free: Option<bool>,
+    price_sats: Option<u64>,
+    min_confirmations: Option<u32>,
+    max_age: Option<String>,
+}
+
+/// What a paid route asks of a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub price_sats: u64,
+    pub min_confirmations: u32,
+    /// `Duration::ZERO` disables the age check.
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Free,
+    Paid(Policy),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explorer {
+    /// Envoy cluster name (in Istio: `outbound|443||blockstream.info`).
+    pub cluster: String,
+    /// Sent as `:authority`; Envoy refuses a callout without it.
+    pub authority: String,
+    /// Prepended to the Esplora paths, e.g. "/api"; never ends with '/'.
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// No explorer answer means no access (503).
+    Closed,
+    /// No explorer answer lets the request through, marked as unverified.
+    Open,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Lowercase, as Envoy stores header names.
+    pub header: String,
+    pub network: Network,
+    /// Normalised as explorers print them.
+    pub pay_to: Vec<String>,
+    pub default_policy: Policy,
+    pub explorers: Vec<Explorer>,
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+    pub routes: Vec<Route>,
+}
+
+/// A refusal that names the field, e.g. "pay_to[1]: not a valid address".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+fn refuse<T>(field: impl Into<String>, reason: impl fmt::Display) -> Result<T, ConfigError> {
+    Err(ConfigError { field: field.into(), reason: reason.to_string() })
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, ConfigError> {
+    match value {
+        Some(v) => Ok(v),
+        None => refuse(field, "is required"),
+    }
+}
+
+impl Config {
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return refuse("configuration", "is empty; pay_to, price_sats, network and explorers are required");
+        }
+        let raw: RawConfig = match serde_json::from_slice(bytes) {
+            Ok(raw) => raw,
+            Err(err) => return refuse("configuration", format!("is not valid txgate JSON: {err}")),
+        };
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let header = validate_header(raw.header)?;
+        let network_name = required(raw.network, "network")?;
+        let Some(network) = Network::parse(&network_name) else {
+            return refuse(
+                "network",
+                format!("\"{network_name}\" is not one of mainnet, testnet, testnet4, signet, regtest"),
+            );
+        };
+        let pay_to = validate_pay_to(required(raw.pay_to, "pay_to")?, network)?;
+        let default_policy = Policy {
+            price_sats: validate_price(required(raw.price_sats, "price_sats")?, "price_sats")?,
+            min_confirmations: validate_confirmations(raw.min_confirmations.unwrap_or(1), "min_confirmations")?,
+            max_age: validate_duration(raw.max_age.as_deref().unwrap_or("24h"), "max_age")?,
+        };
+        let explorers = validate_explorers(required(raw.explorers, "explorers")?)?;
+        let timeout = validate_duration(raw.timeout.as_deref().unwrap_or("2s"), "timeout")?;
+        if timeout.is_zero() {
+            // Envoy treats 0 as "no timeout": a hung explorer would hold requests forever.
+            return refuse("timeout", "must be greater than 0");
+        }
+        if timeout > Duration::from_secs(60) {
+            return refuse("timeout", "must be at most 60s: clients are waiting");
+        }
+        let failure_mode = match raw.failure_mode.as_deref().unwrap_or("closed") {
+            "closed" => FailureMode::Closed,
+            "open" => FailureMode::Open,
+            other => return refuse("failure_mode", format!("\"{other}\" is not one of closed, open")),
+        };
+        let routes = validate_routes(raw.routes.unwrap_or_default(), &default_policy)?;
+        Ok(Config { header, network, pay_to, default_policy, explorers, timeout, failure_mode, routes })
+    }
+
+    /// The first route whose prefix matches the path (query string ignored), else the default price.
+    pub fn access_for<'a>(&'a self, path: &str) -> AccessRef<'a> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        for route in &self.routes {
+            if path.starts_with(route.prefix.as_str()) {
+                return match &route.access {
+                    Access::Free => AccessRef::Free,
+                    Access::Paid(policy) => AccessRef::Paid(policy),
+                };
+            }
+        }
+        AccessRef::Paid(&self.default_policy)
+    }
+}
+
+/// A borrowed view of the access rule that applies to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessRef<'a> {
+    Free,
+    Paid(&'a Policy),
+}
+
+fn validate_header(header: Option<String>) -> Result<String, ConfigError> {
+    let header = header.unwrap_or_else(|| "x-bitcoin-txid".to_string()).to_ascii_lowercase();
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if header.is_empty() || !header.chars().all(is_token_char) {
+        return refuse("header", format!("\"{header}\" is not a valid HTTP header name"));
+    }
+    if header.starts_with("x-txgate-") {
+        return refuse("header", "must not start with x-txgate-: those headers are removed from every request");
+    }
+    Ok(header)
+}
+
+fn validate_pay_to(addresses: Vec<String>, network: Network) -> Result<Vec<String>, ConfigError> {
+    if addresses.is_empty() {
+        return refuse("pay_to", "must list at least one address");
+    }
+    let mut normalised: Vec<String> = Vec::with_capacity(addresses.len());
+    for (i, address) in addresses.iter().enumerate() {
+        let field = format!("pay_to[{i}]");
+        match normalise_address(address, network) {
+            Ok(a) if normalised.contains(&a) => return refuse(field, format!("\"{address}\" is listed twice")),
+            Ok(a) => normalised.push(a),
+            Err(err) => return refuse(field, format!("\"{address}\" on {}: {err}", network.name())),
+        }
+    }
+    Ok(normalised)
+}
+
+fn validate_price(price: u64, field: &str) -> Result<u64, ConfigError> {
+    if price == 0 {
+        return refuse(field, "must be at least 1 sat (use a free route for no payment)");
+    }
+    if price > MAX_SATS {
+        return refuse(field, format!("{price} is more than 21 million bitcoin"));
+    }
+    Ok(price)
+}
+
+fn validate_confirmations(value: u32, field: &str) -> Result<u32, ConfigError> {
+    if value > MAX_CONFIRMATIONS {
+        return refuse(field, format!("{value} is more than {MAX_CONFIRMATIONS}"));
+    }
+    Ok(value)
+}
+
+fn validate_duration(text: &str, field: &str) -> Result<Duration, ConfigError> {
+    match parse_duration(text) {
+        Ok(d) => Ok(d),
+        Err(err) => refuse(field, format!("\"{text}\": {err}")),
+    }
+}
+
+fn validate_explorers(raw: Vec<RawExplorer>) -> Result<Vec<Explorer>, ConfigError> {
+    if raw.is_empty() {
+        return refuse("explorers", "must list at least one explorer");
+    }
+    let mut explorers = Vec::with_capacity(raw.len());
+    for (i, e) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("explorers[{i}].{name}");
+        let cluster = required(e.cluster, &field("cluster"))?;
+        if cluster.trim().is_empty() || cluster.trim() != cluster {
+            return refuse(field("cluster"), "must be an Envoy cluster name without spaces around it");
+        }
+        let authority = required(e.authority, &field("authority"))?;
+        if authority.is_empty() || authority.contains(['/', ' ', '\t']) {
+            return refuse(field("authority"), format!("\"{authority}\" must be a host name (and port), not a URL"));
+        }
+        let path_prefix = e.path_prefix.unwrap_or_default();
+        if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+            return refuse(field("path_prefix"), format!("\"{path_prefix}\" must be empty or start with '/'"));
+        }
+        if path_prefix.contains(['?', '#', ' ']) {
+            return refuse(field("path_prefix"), format!("\"{path_prefix}\" must be a plain path"));
+        }
+        let path_prefix = path_prefix.trim_end_matches('/').to_string();
+        explorers.push(Explorer { cluster, authority, path_prefix });
+    }
+    Ok(explorers)
+}
+
+fn validate_routes(raw: Vec<RawRoute>, default: &Policy) -> Result<Vec<Route>, ConfigError> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("routes[{i}].{name}");
+        let prefix = required(r.prefix, &field("prefix"))?;
+        if !prefix.starts_with('/') {
+            return refuse(field("prefix"), format!("\"{prefix}\" must start with '/'"));
+        }
+        if let Some(earlier) = routes.iter().position(|e| prefix.starts_with(e.prefix.as_str())) {
+            return refuse(
+                field("prefix"),
+                format!(
+                    "\"{prefix}\" can never match: routes[{earlier}] (\"{}\") comes first",
+                    routes.get(earlier).map_or("", |e| e.prefix.as_str())
+                ),
+            );
+        }
+        let access = if r.free.unwrap_or(false) {
+            if r.price_sats.is_some() || r.min_confirmations.is_some() || r.max_age.is_some() {
+                return refuse(field("free"), "a free route cannot also set price_sats, min_confirmations or max_age");
+            }
+            Access::Free
+        } else {
+            Access::Paid(Policy {
+                price_sats: match r.price_sats {
+                    Some(p) => validate_price(p, &field("price_sats"))?,
+                    None => default.price_sats,
+                },
+                min_confirmations: match r.min_confirmations {
+                    Some(c) => validate_confirmations(c, &field("min_confirmations"))?,
+                    None => default.min_confirmations,
+                },
+                max_age: match r.max_age {
+                    Some(text) => validate_duration(&text, &field("max_age"))?,
+                    None => default.max_age,
+                },
+            })
+        };
+        routes.push(Route { prefix, access });
+    }
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    pub const PAY_TO: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+    fn minimal() -> Value {
+        json!({
+            "network": "regtest",
+            "pay_to": [PAY_TO],
+            "price_sats": 1000,
+            "explorers": [{"cluster": "explorer", "authority": "explorer.local", "path_prefix": "/api"}]
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Config, ConfigError> {
+        Config::from_json(v.to_string().as_bytes())
+    }
+
+    fn refusal(v: &Value) -> ConfigError {
+        parse(v).expect_err("config should be refused")
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut v = minimal();
+        v[field] = value;
+        v
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(c.header, "x-bitcoin-txid");
+        assert_eq!(c.network, Network::Regtest);
+        assert_eq!(
+            c.default_policy,
+            Policy { price_sats: 1000, min_confirmations: 1, max_age: Duration::from_secs(86_400) }
+        );
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert_eq!(c.failure_mode, FailureMode::Closed);
+        assert!(c.routes.is_empty());
+        assert_eq!(c.explorers[0].path_prefix, "/api");
+    }
+
+    #[test]
+    fn full_example_from_the_readme_parses() {
+        let v = json!({
+            "header": "X-Bitcoin-Txid",
+            "network": "regtest",
+            "pay_to": [PAY_TO],
+            "price_sats": 1000,
+            "min_confirmations": 0,
+            "max_age": "0s",
+            "explorers": [{"cluster": "explorer", "authority": "explorer.local", "path_prefix": "/api/"}],
+            "timeout": "250ms",
+            "failure_mode": "open",
+            "routes": [{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2}]
+        });
+        let c = parse(&v).unwrap();
+        assert_eq!(c.header, "x-bitcoin-txid");
+        assert_eq!(c.default_policy.min_confirmations, 0);
+        assert_eq!(c.default_policy.max_age, Duration::ZERO);
+        assert_eq!(c.explorers[0].path_prefix, "/api");
+        assert_eq!(c.failure_mode, FailureMode::Open);
+        assert_eq!(c.access_for("/free/x"), AccessRef::Free);
+        assert_eq!(
+            c.access_for("/premium?x=1"),
+            AccessRef::Paid(&Policy { price_sats: 5000, min_confirmations: 2, max_age: Duration::ZERO })
+        );
+        assert_eq!(c.access_for("/other"), AccessRef::Paid(&c.default_policy));
+        // A query string cannot make a paid path look free.
+        assert_eq!(c.access_for("/paid?/free"), AccessRef::Paid(&c.default_policy));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let explorer = |e: Value| with("explorers", json!([e]));
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({}), "network"),
+            (with("network", json!("mainnet")), "pay_to[0]"),
+            (with("network", json!("moon")), "network"),
+            (with("pay_to", json!([])), "pay_to"),
+            (with("pay_to", json!(["bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"])), "pay_to[0]"),
+            (with("pay_to", json!([PAY_TO, PAY_TO])), "pay_to[1]"),
+            (with("price_sats", json!(0)), "price_sats"),
+            (with("price_sats", json!(2_100_000_000_000_001u64)), "price_sats"),
+            (with("min_confirmations", json!(10_001)), "min_confirmations"),
+            (with("max_age", json!("1d")), "max_age"),
+            (with("timeout", json!("0s")), "timeout"),
+            (with("timeout", json!("2m")), "timeout"),
+            (with("failure_mode", json!("maybe")), "failure_mode"),
+            (with("header", json!("x bad")), "header"),
+            (with("header", json!("x-txgate-txid")), "header"),
+            (with("explorers", json!([])), "explorers"),
+            (explorer(json!({"authority": "a"})), "explorers[0].cluster"),
+            (explorer(json!({"cluster": "c"})), "explorers[0].authority"),
+            (explorer(json!({"cluster": "c", "authority": "http://a/"})), "explorers[0].authority"),
+            (explorer(json!({"cluster": "c", "authority": "a", "path_prefix": "api"})), "explorers[0].path_prefix"),
+            (with("routes", json!([{"free": true}])), "routes[0].prefix"),
+            (with("routes", json!([{"prefix": "x", "free": true}])), "routes[0].prefix"),
+            (with("routes", json!([{"prefix": "/a", "free": true, "price_sats": 5}])), "routes[0].free"),
+            (with("routes", json!([{"prefix": "/a"}, {"prefix": "/ab"}])), "routes[1].prefix"),
+            (with("routes", json!([{"prefix": "/a", "price_sats": 0}])), "routes[0].price_sats"),
+        ];
+        for (value, field) in cases {
+            let err = refusal(&value);
+            assert_eq!(err.field, field, "for {value}: {err}");
+            assert!(!err.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn missing_required_fields_are_reported_one_by_one() {
+        for field in ["network", "pay_to", "price_sats", "explorers"] {
+            let mut v = minimal();
+            v.as_object_mut().unwrap().remove(field);
+            let err = refusal(&v);
+            assert_eq!(err.field, field);
+            assert_eq!(err.reason, "is required");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_refused() {
+        for v in [with("pay_too", json!([])), with("price_sats", json!("1000")), with("price_sats", json!(-1))] {
+            let err = refusal(&v);
+            assert_eq!(err.field, "configuration");
+        }
+        let err = refusal(&with("routes", json!([{"prefix": "/a", "price": 1}])));
+        assert!(err.reason.contains("unknown field `price`"), "{err}");
+        assert_eq!(Config::from_json(b"").unwrap_err().field, "configuration");
+        assert_eq!(Config::from_json(b"not json").unwrap_err().field, "configuration");
+    }
+}

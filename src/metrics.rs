@@ -1,0 +1,116 @@
+//! Counter names. Envoy shows them in `/stats` as they are (its `wasmcustom.` prefix is stripped),
+//! so they carry the product prefix to stay apart from other plugins' metrics.
+
+use crate::rejection::Rejection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Allowed,
+    Free,
+    FailedOpen,
+    Rejected(RejectionKind),
+    ExplorerCalls,
+    ExplorerErrors,
+}
+
+/// `Rejection` without its details, so that counters can be listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    PaymentRequired,
+    InvalidTxid,
+    TxNotFound,
+    InsufficientPayment,
+    InsufficientConfirmations,
+    PaymentExpired,
+    ExplorerUnavailable,
+    Internal,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 13] = [
+        Counter::Allowed,
+        Counter::Free,
+        Counter::FailedOpen,
+        Counter::Rejected(RejectionKind::PaymentRequired),
+        Counter::Rejected(RejectionKind::InvalidTxid),
+        Counter::Rejected(RejectionKind::TxNotFound),
+        Counter::Rejected(RejectionKind::InsufficientPayment),
+        Counter::Rejected(RejectionKind::InsufficientConfirmations),
+        Counter::Rejected(RejectionKind::PaymentExpired),
+        Counter::Rejected(RejectionKind::ExplorerUnavailable),
+        Counter::Rejected(RejectionKind::Internal),
+        Counter::ExplorerCalls,
+        Counter::ExplorerErrors,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Allowed => "txgate_requests_allowed",
+            Counter::Free => "txgate_requests_free",
+            Counter::FailedOpen => "txgate_requests_failed_open",
+            Counter::Rejected(kind) => match kind {
+                RejectionKind::PaymentRequired => "txgate_rejected_payment_required",
+                RejectionKind::InvalidTxid => "txgate_rejected_invalid_txid",
+                RejectionKind::TxNotFound => "txgate_rejected_tx_not_found",
+                RejectionKind::InsufficientPayment => "txgate_rejected_insufficient_payment",
+                RejectionKind::InsufficientConfirmations => "txgate_rejected_insufficient_confirmations",
+                RejectionKind::PaymentExpired => "txgate_rejected_payment_expired",
+                RejectionKind::ExplorerUnavailable => "txgate_rejected_explorer_unavailable",
+                RejectionKind::Internal => "txgate_rejected_internal_error",
+            },
+            Counter::ExplorerCalls => "txgate_explorer_calls",
+            Counter::ExplorerErrors => "txgate_explorer_errors",
+        }
+    }
+
+    /// Position in `ALL`, used to find the host's metric id.
+    pub fn index(self) -> usize {
+        Counter::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+impl Rejection {
+    pub fn counter(&self) -> Counter {
+        Counter::Rejected(match self {
+            Rejection::PaymentRequired => RejectionKind::PaymentRequired,
+            Rejection::InvalidTxid => RejectionKind::InvalidTxid,
+            Rejection::TxNotFound => RejectionKind::TxNotFound,
+            Rejection::InsufficientPayment { .. } => RejectionKind::InsufficientPayment,
+            Rejection::InsufficientConfirmations { .. } => RejectionKind::InsufficientConfirmations,
+            Rejection::PaymentExpired { .. } => RejectionKind::PaymentExpired,
+            Rejection::ExplorerUnavailable => RejectionKind::ExplorerUnavailable,
+            Rejection::Internal => RejectionKind::Internal,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_metric_is_named_after_its_error_code() {
+        let rejections = [
+            Rejection::PaymentRequired,
+            Rejection::InvalidTxid,
+            Rejection::TxNotFound,
+            Rejection::InsufficientPayment { paid_sats: 0, required_sats: 1 },
+            Rejection::InsufficientConfirmations { confirmations: 0, required: 1 },
+            Rejection::PaymentExpired { block_time: 0, max_age_secs: 1 },
+            Rejection::ExplorerUnavailable,
+            Rejection::Internal,
+        ];
+        for r in rejections {
+            assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_indexes_round_trip() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert!(c.name().starts_with("txgate_"));
+            assert_eq!(Counter::ALL.iter().filter(|o| o.name() == c.name()).count(), 1);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Every way a request can be refused: its stable `error` code, HTTP status and JSON body.
+
+use serde_json::{json, Value};
+
+use crate::config::{Config, Policy};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    PaymentRequired,
+    InvalidTxid,
+    TxNotFound,
+    InsufficientPayment {
+        paid_sats: u64,
+        required_sats: u64,
+    },
+    InsufficientConfirmations {
+        confirmations: u64,
+        required: u32,
+    },
+    PaymentExpired {
+        block_time: u64,
+        max_age_secs: u64,
+    },
+    ExplorerUnavailable,
+    /// The filter itself could not do its job (host call failed, no configuration).
+    Internal,
+}
+
+const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
+
+/// Seconds a client should wait before retrying when no explorer answered.
+pub const EXPLORER_RETRY_AFTER_SECS: u32 = 5;
+
+impl Rejection {
+    /// The stable, documented code in the body's `error` field (and in the metric name).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::PaymentRequired => "payment_required",
+            Rejection::InvalidTxid => "invalid_txid",
+            Rejection::TxNotFound => "tx_not_found",
+            Rejection::InsufficientPayment { .. } => "insufficient_payment",
+            Rejection::InsufficientConfirmations { .. } => "insufficient_confirmations",
+            Rejection::PaymentExpired { .. } => "payment_expired",
+            Rejection::ExplorerUnavailable => "explorer_unavailable",
+            Rejection::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        match self {
+            Rejection::InvalidTxid => 400,
+            Rejection::ExplorerUnavailable => 503,
+            Rejection::Internal => 500,
+            _ => 402,
+        }
+    }
+
+    fn message(&self, config: &Config) -> String {
+        match self {
+            Rejection::PaymentRequired => format!(
+                "This API needs a bitcoin payment: pay the price to one of the addresses, then send the transaction id in the {} header.",
+                config.header
+            ),
+            Rejection::InvalidTxid => {
+                format!("The {} header must hold one transaction id of exactly 64 hex characters.", config.header)
+            }
+            Rejection::TxNotFound => "The explorer does not know this transaction; if you just sent it, retry shortly.".to_string(),
+            Rejection::InsufficientPayment { .. } => "This transaction pays less than the price to our addresses.".to_string(),
+            Rejection::InsufficientConfirmations { .. } => {
+                "This transaction does not have enough confirmations yet; retry after the next block.".to_string()
+            }
+            Rejection::PaymentExpired { .. } => "This payment is older than the accepted window; make a new payment.".to_string(),
+            Rejection::ExplorerUnavailable => "The payment could not be verified because no block explorer answered; retry shortly.".to_string(),
+            Rejection::Internal => INTERNAL_MESSAGE.to_string(),
+        }
+    }
+
+    /// For the one case where there is no configuration to describe the payment with.
+    pub fn body_without_config(&self) -> String {
+        json!({"error": self.code(), "message": INTERNAL_MESSAGE}).to_string()
+    }
+
+    /// The JSON body. Every 402 carries the payment challenge, so a client can pay without docs.
+    pub fn body(&self, config: &Config, policy: Option<&Policy>) -> String {
+        let mut body = json!({"error": self.code(), "message": self.message(config)});
+        let extra = match self {
+            Rejection::InsufficientPayment { paid_sats, required_sats } => {
+                json!({"paid_sats": paid_sats, "required_sats": required_sats})
+            }
+            Rejection::InsufficientConfirmations { confirmations, required } => {
+                json!({"confirmations": confirmations, "required": required})
+            }
+            Rejection::PaymentExpired { block_time, max_age_secs } => {
+                json!({"block_time": block_time, "max_age_secs": max_age_secs})
+            }
+            Rejection::InvalidTxid => json!({"header": config.header}),
+            _ => json!({}),
+        };
+        if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            obj.extend(extra);
+            if let (402, Some(policy)) = (self.status(), policy) {
+                obj.insert("payment".to_string(), challenge(config, policy));
+            }
+        }
+        body.to_string()
+    }
+
+    /// Extra response headers beside `content-type`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("cache-control", "no-store".to_string())];
+        if let Rejection::ExplorerUnavailable = self {
+            headers.push(("retry-after", EXPLORER_RETRY_AFTER_SECS.to_string()));
+        }
+        headers
+    }
+}
+
+/// How to pay for the route: everything a client needs to build the payment.
+pub fn challenge(config: &Config, policy: &Policy) -> Value {
+    json!({
+        "network": config.network.name(),
+        "pay_to": config.pay_to,
+        "price_sats": policy.price_sats,
+        "min_confirmations": policy.min_confirmations,
+        "max_age_secs": policy.max_age.as_secs(),
+        "header": config.header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::from_json(
+            json!({"network": "regtest", "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"], "price_sats": 1000,
+                   "explorers": [{"cluster": "e", "authority": "e"}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn body_of(r: &Rejection) -> Value {
+        let c = config();
+        serde_json::from_str(&r.body(&c, Some(&c.default_policy))).unwrap()
+    }
+
+    #[test]
+    fn payment_required_carries_the_challenge() {
+        let body = body_of(&Rejection::PaymentRequired);
+        assert_eq!(body["error"], "payment_required");
+        assert_eq!(
+            body["payment"],
+            json!({"network": "regtest", "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"], "price_sats": 1000,
+                   "min_confirmations": 1, "max_age_secs": 86400, "header": "x-bitcoin-txid"})
+        );
+        assert_eq!(Rejection::PaymentRequired.status(), 402);
+    }
+
+    #[test]
+    fn detail_fields_are_present() {
+        let b = body_of(&Rejection::InsufficientPayment { paid_sats: 5, required_sats: 1000 });
+        assert_eq!(
+            (b["error"].as_str(), b["paid_sats"].as_u64(), b["required_sats"].as_u64()),
+            (Some("insufficient_payment"), Some(5), Some(1000))
+        );
+        let b = body_of(&Rejection::InsufficientConfirmations { confirmations: 0, required: 1 });
+        assert_eq!((b["confirmations"].as_u64(), b["required"].as_u64()), (Some(0), Some(1)));
+        assert!(b["payment"].is_object());
+        let b = body_of(&Rejection::PaymentExpired { block_time: 7, max_age_secs: 60 });
+        assert_eq!((b["block_time"].as_u64(), b["max_age_secs"].as_u64()), (Some(7), Some(60)));
+    }
+
+    #[test]
+    fn non_402_answers_carry_no_challenge() {
+        let b = body_of(&Rejection::InvalidTxid);
+        assert_eq!((b["error"].as_str(), Rejection::InvalidTxid.status()), (Some("invalid_txid"), 400));
+        assert!(b.get("payment").is_none());
+        let b = body_of(&Rejection::ExplorerUnavailable);
+        assert_eq!(Rejection::ExplorerUnavailable.status(), 503);
+        assert!(b.get("payment").is_none());
+        assert!(Rejection::ExplorerUnavailable.headers().contains(&("retry-after", "5".to_string())));
+    }
+}

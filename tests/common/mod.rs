@@ -1,0 +1,461 @@
+//! End-to-end harness: a real Envoy running the release `txgate.wasm`, the local regtest explorer
+//! (`txgate-devnet`) and the demo API, each a real process on 127.0.0.1, stopped when dropped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// A valid regtest P2WPKH address (BIP-173 vector re-encoded for regtest): the merchant.
+pub const MERCHANT: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+pub fn envoy_bin() -> PathBuf {
+    from_env_or("TXGATE_ENVOY", repo().join(".venv/bin/envoy"))
+}
+
+pub fn wasm_path() -> PathBuf {
+    from_env_or("TXGATE_WASM", repo().join("target/wasm32-wasip1/release/txgate.wasm"))
+}
+
+fn devnet_bin(name: &str) -> PathBuf {
+    from_env_or("TXGATE_DEVNET_DIR", repo().join("target/debug")).join(name)
+}
+
+/// A child process that is killed when the test ends, however it ends.
+pub struct Proc {
+    child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_file(path: &Path, child: &mut Child, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start within 30s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_with_ports(bin: &Path, args: &[&str], dir: &Path, name: &str) -> (Proc, Vec<u16>) {
+    let port_file = dir.join(format!("{name}.ports"));
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let mut child = Command::new(bin)
+        .args(args)
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (run `make test`, which builds it)", bin.display()));
+    let text = wait_for_file(&port_file, &mut child, name);
+    let ports = text.lines().map(|l| l.trim().parse().expect("port")).collect();
+    (Proc { child, name: name.to_string() }, ports)
+}
+
+/// Options for one stack; the plugin config is the default merchant config merged with `plugin`.
+pub struct StackOptions {
+    pub plugin: Value,
+    pub explorers: usize,
+    pub concurrency: usize,
+    /// Point the explorer cluster at a port where nothing listens.
+    pub dead_explorer: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions { plugin: json!({}), explorers: 1, concurrency: 1, dead_explorer: false }
+    }
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub explorer_ports: Vec<u16>,
+    pub api_port: u16,
+    pub listener_port: u16,
+    pub admin_port: u16,
+    agent: ureq::Agent,
+    // Dropped in reverse order of start: Envoy first.
+    envoy: Option<Proc>,
+    api: Proc,
+    explorer: Proc,
+}
+
+pub fn plugin_config(explorer_clusters: usize, overrides: &Value) -> Value {
+    let explorers: Vec<Value> = (0..explorer_clusters)
+        .map(|i| json!({"cluster": format!("explorer{i}"), "authority": "explorer.local", "path_prefix": "/api"}))
+        .collect();
+    let mut config = json!({
+        "network": "regtest",
+        "pay_to": [MERCHANT],
+        "price_sats": 1000,
+        "min_confirmations": 1,
+        "max_age": "24h",
+        "explorers": explorers,
+        "timeout": "1s",
+        "routes": [{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2}]
+    });
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
+        for (k, v) in extra {
+            if v.is_null() {
+                base.remove(k);
+            } else {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    config
+}
+
+pub fn envoy_yaml(plugin: &Value, api_port: u16, explorer_ports: &[u16], wasm: &Path) -> String {
+    let clusters: String =
+        explorer_ports.iter().enumerate().map(|(i, port)| cluster_yaml(&format!("explorer{i}"), *port)).collect();
+    let plugin = serde_json::to_string(&plugin.to_string()).expect("json string");
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: api
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: api
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: demo_api}}
+          http_filters:
+          - name: txgate
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: txgate
+                root_id: txgate
+                vm_config:
+                  vm_id: txgate
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{wasm}"}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {plugin}
+                failure_policy: FAIL_CLOSED
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{api_cluster}{clusters}admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"#,
+        wasm = wasm.display(),
+        api_cluster = cluster_yaml("demo_api", api_port),
+    )
+}
+
+fn cluster_yaml(name: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 0.5s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"#
+    )
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        Stack::start_with(StackOptions::default())
+    }
+
+    pub fn with_plugin(plugin: Value) -> Stack {
+        Stack::start_with(StackOptions { plugin, ..StackOptions::default() })
+    }
+
+    pub fn start_with(options: StackOptions) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("chain");
+        let mut explorer_args = vec!["serve".to_string(), "--data-dir".to_string(), data.display().to_string()];
+        for _ in 0..options.explorers {
+            explorer_args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        let explorer_args: Vec<&str> = explorer_args.iter().map(String::as_str).collect();
+        let (explorer, explorer_ports) =
+            spawn_with_ports(&devnet_bin("txgate-devnet"), &explorer_args, dir.path(), "explorer");
+        let (api, api_ports) =
+            spawn_with_ports(&devnet_bin("txgate-demo-api"), &["--listen", "127.0.0.1:0"], dir.path(), "api");
+        let cluster_ports: Vec<u16> =
+            if options.dead_explorer { vec![unused_port(); options.explorers] } else { explorer_ports.clone() };
+        let plugin = plugin_config(options.explorers, &options.plugin);
+        let yaml = envoy_yaml(&plugin, api_ports[0], &cluster_ports, &wasm_path());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let mut stack = Stack {
+            dir,
+            explorer_ports,
+            api_port: api_ports[0],
+            listener_port: 0,
+            admin_port: 0,
+            agent,
+            envoy: None,
+            api,
+            explorer,
+        };
+        let (envoy, admin_port, listener_port) = start_envoy(stack.dir.path(), &yaml, options.concurrency)
+            .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+        stack.envoy = Some(envoy);
+        stack.admin_port = admin_port;
+        stack.listener_port = listener_port;
+        stack
+    }
+
+    pub fn envoy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    fn call(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+        let mut builder = ureq::http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let result = match body {
+            Some(b) => {
+                self.agent.run(builder.header("content-type", "application/json").body(b.to_string()).expect("request"))
+            }
+            None => self.agent.run(builder.body(()).expect("request")),
+        };
+        let mut response =
+            result.unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nenvoy log:\n{}", self.envoy_log()));
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
+    /// A request through Envoy (and so through txgate).
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.call("GET", &format!("http://127.0.0.1:{}{path}", self.listener_port), headers, None)
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+        self.call("POST", &format!("http://127.0.0.1:{}{path}", self.listener_port), headers, Some(body))
+    }
+
+    pub fn paid_get(&self, path: &str, txid: &str) -> Reply {
+        self.get(path, &[("x-bitcoin-txid", txid)])
+    }
+
+    fn control(&self, explorer: usize, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.explorer_ports[explorer]);
+        let reply = self.call(method, &url, &[], body);
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
+        if reply.body.trim().is_empty() {
+            Value::Null
+        } else {
+            reply.json()
+        }
+    }
+
+    /// Pays `sats` to `address` (mempool); returns the txid.
+    pub fn pay_to(&self, address: &str, sats: u64) -> String {
+        let v = self.control(0, "POST", "/control/pay", Some(&json!({"address": address, "sats": sats})));
+        v["txid"].as_str().expect("txid").to_string()
+    }
+
+    pub fn pay(&self, sats: u64) -> String {
+        self.pay_to(MERCHANT, sats)
+    }
+
+    pub fn mine(&self, blocks: u64) -> Value {
+        self.control(0, "POST", "/control/mine", Some(&json!({"blocks": blocks})))
+    }
+
+    pub fn mine_at(&self, blocks: u64, time: u64) -> Value {
+        self.control(0, "POST", "/control/mine", Some(&json!({"blocks": blocks, "time": time})))
+    }
+
+    /// Pays and confirms in one block; returns the txid.
+    pub fn paid_and_mined(&self, sats: u64) -> String {
+        let txid = self.pay(sats);
+        self.mine(1);
+        txid
+    }
+
+    pub fn other_address(&self) -> String {
+        let v = self.control(0, "GET", "/control/address", None);
+        v["address"].as_str().expect("address").to_string()
+    }
+
+    pub fn set_fault(&self, explorer: usize, fault: Value) {
+        self.control(explorer, "POST", "/control/fault", Some(&fault));
+    }
+
+    /// Esplora calls the explorer instance has received so far.
+    pub fn explorer_calls(&self, explorer: usize) -> u64 {
+        self.control(explorer, "GET", "/control/stats", None)["total"].as_u64().expect("total")
+    }
+
+    /// Requests that reached the backend, as the demo API recorded them.
+    pub fn backend_seen(&self) -> Vec<Value> {
+        let reply = self.call("GET", &format!("http://127.0.0.1:{}/__seen", self.api_port), &[], None);
+        reply.json()["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Envoy's counters by name (`/stats`), e.g. `txgate_requests_allowed`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let reply = self.call("GET", &format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin_port), &[], None);
+        reply
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    pub fn stats_text(&self) -> String {
+        self.call("GET", &format!("http://127.0.0.1:{}/stats", self.admin_port), &[], None).body
+    }
+
+    /// Sends raw bytes (for header values no HTTP client will send) and returns the status code.
+    pub fn raw_status(&self, request: &[u8]) -> u16 {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.listener_port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.write_all(request).expect("write");
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&response);
+        text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Starts Envoy and waits until it is live; on failure returns its log.
+pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, u16, u16), String> {
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, yaml).expect("write envoy.yaml");
+    let admin_file = dir.join("admin.address");
+    let log_path = dir.join("envoy.log");
+    let mut child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&config)
+        .args(["--concurrency", &concurrency.to_string(), "--use-dynamic-base-id", "--disable-hot-restart"])
+        .args(["-l", "warning", "--component-log-level", "wasm:info"])
+        .arg("--admin-address-path")
+        .arg(&admin_file)
+        .arg("--log-path")
+        .arg(&log_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e} (run `make test`, which installs it)", envoy_bin().display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("Envoy exited with {status}\n{}", read_log()));
+        }
+        if let Ok(addr) = std::fs::read_to_string(&admin_file) {
+            if let Some(port) = addr.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
+                let ready = http_get_plain(port, "/ready").is_some_and(|b| b.trim() == "LIVE");
+                if ready {
+                    let listeners = http_get_plain(port, "/listeners").unwrap_or_default();
+                    let listener = listeners
+                        .lines()
+                        .find_map(|l| l.strip_prefix("api::").and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok()));
+                    if let Some(listener) = listener {
+                        return Ok((Proc { child, name: "envoy".to_string() }, port, listener));
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("Envoy not ready within 60s\n{}", read_log()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_get_plain(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// Envoy for a config that should be refused: runs it and returns (exited?, log).
+pub fn envoy_refuses(plugin: &Value) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = envoy_yaml(plugin, unused_port(), &[unused_port()], &wasm_path());
+    match start_envoy(dir.path(), &yaml, 1) {
+        Ok((_proc, _, _)) => (false, std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default()),
+        Err(log) => (true, log),
+    }
+}
