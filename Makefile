@@ -63,7 +63,7 @@ validate: $(ENVOY) wasm
 e2e: tools build
 	cargo test -p txgate --test '*' -- --test-threads 2
 
-test: tools lint unit size validate e2e
+test: tools lint unit size validate deploy-check e2e
 	@echo "make test: all checks passed"
 
 run: tools build
@@ -72,3 +72,48 @@ run: tools build
 clean:
 	cargo clean
 	rm -rf .run
+
+# --- deploy artifacts (issue 3) ---
+# OCI image of the wasm (Istio's compat Wasm image format), Istio manifests rendered for it, and their
+# checks. No Docker daemon or cluster: the image is written by scripts/build-oci-image.py and read
+# with skopeo (Debian), the manifests are checked with the vendored Istio CRD validators (node).
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+OCI_LAYOUT := target/oci/txgate
+REGISTRY ?= registry.example.com
+SCHEMA_DIR := istio/schemas
+
+.PHONY: image push istio-render istio-pin istio-validate deploy-check
+
+.tools/deploy.stamp:
+	@command -v skopeo >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo; }
+	@command -v npm >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	mkdir -p .tools && touch $@
+
+$(SCHEMA_DIR)/node_modules/.stamp: $(SCHEMA_DIR)/package-lock.json .tools/deploy.stamp
+	cd $(SCHEMA_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+image: wasm
+	@mkdir -p target/oci
+	@python3 scripts/build-oci-image.py $(WASM) $(OCI_LAYOUT) $(IMAGE_TAG) > target/oci/txgate.digest
+	@cat target/oci/txgate.digest
+	@echo "OCI layout: oci:$(OCI_LAYOUT):$(IMAGE_TAG)   (WasmPlugin sha256 = the digest above, without sha256:)"
+
+# Not run by tests. Log in first: skopeo login $(firstword $(subst /, ,$(REGISTRY)))
+push: image .tools/deploy.stamp
+	skopeo copy --preserve-digests oci:$(OCI_LAYOUT):$(IMAGE_TAG) docker://$(REGISTRY)/txgate:$(IMAGE_TAG)
+	$(MAKE) --no-print-directory istio-render REGISTRY=$(REGISTRY)
+
+istio-render: image
+	python3 scripts/render-istio.py $$(cat target/oci/txgate.digest) $(REGISTRY) target/istio
+
+istio-pin: image
+	python3 scripts/render-istio.py --pin $$(cat target/oci/txgate.digest)
+
+istio-validate: $(SCHEMA_DIR)/node_modules/.stamp
+	node $(SCHEMA_DIR)/validate.mjs istio/*.yaml
+
+deploy-check: wasm .tools/deploy.stamp $(SCHEMA_DIR)/node_modules/.stamp
+	scripts/check-deploy-artifacts.sh $(WASM) $(OCI_LAYOUT) $(IMAGE_TAG)
