@@ -5,7 +5,8 @@ mod common;
 use common::{Stack, StackOptions, MERCHANT};
 use serde_json::json;
 
-const UNKNOWN_TXID: &str = "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b";
+// Not on the devnet chain (the regtest genesis coinbase txid would be: it is the mainnet one).
+const UNKNOWN_TXID: &str = "5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b4a";
 
 #[test]
 fn request_without_txid_gets_a_payment_challenge_and_reaches_nothing() {

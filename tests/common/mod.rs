@@ -363,11 +363,15 @@ impl Stack {
 
     /// Envoy's counters by name (`/stats`), e.g. `txgate_requests_allowed`.
     pub fn stat(&self, name: &str) -> u64 {
-        let reply = self.call("GET", &format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin_port), &[], None);
+        // Envoy lists plugin counters as `wasmcustom.<name>` in /stats.
+        let reply = self.call("GET", &format!("http://127.0.0.1:{}/stats?filter={name}$", self.admin_port), &[], None);
         reply
             .body
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                let (key, value) = l.split_once(": ")?;
+                (key == name || key == format!("wasmcustom.{name}")).then(|| value.trim().parse().ok())?
+            })
             .unwrap_or(0)
     }
 
@@ -442,12 +446,12 @@ pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, 
 }
 
 fn http_get_plain(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent.get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?.body_mut().read_to_string().ok()
 }
 
 /// Envoy for a config that should be refused: runs it and returns (exited?, log).
