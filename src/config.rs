@@ -9,7 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::address::{normalise_address, Network};
+use crate::discount::{Condition, Discount};
 use crate::duration::parse_duration;
+use crate::grant::Grant;
+use crate::identity::IdentitySource;
+use crate::penalty::PenaltyConfig;
 
 /// All the bitcoin there will ever be, in sats: a price above it is a typo.
 const MAX_SATS: u64 = 2_100_000_000_000_000;
@@ -29,6 +33,64 @@ struct RawConfig {
     timeout: Option<String>,
     failure_mode: Option<String>,
     routes: Option<Vec<RawRoute>>,
+    cache: Option<RawCache>,
+    grant: Option<RawGrant>,
+    bind_to: Option<String>,
+    penalty: Option<RawPenalty>,
+    max_inflight: Option<u32>,
+    discounts: Option<Vec<RawDiscount>>,
+    deadline: Option<String>,
+    circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<usize>,
+    not_found_ttl: Option<String>,
+    unconfirmed_ttl: Option<String>,
+    tip_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    requests: Option<u64>,
+    window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPenalty {
+    identity: Option<String>,
+    max_strikes: Option<u32>,
+    find_time: Option<String>,
+    ban_time: Option<String>,
+    max_clients: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscount {
+    name: Option<String>,
+    percent: Option<u8>,
+    mtls_principal_in: Option<Vec<String>>,
+    header: Option<RawHeaderMatch>,
+    no_strikes_for: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failures: Option<u32>,
+    cool_down: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +162,33 @@ pub struct Config {
     pub timeout: Duration,
     pub failure_mode: FailureMode,
     pub routes: Vec<Route>,
+    pub cache: CacheConfig,
+    pub grant: Grant,
+    pub bind_to: Option<IdentitySource>,
+    pub penalty: Option<PenaltyConfig>,
+    /// Explorer lookups in flight per worker before new ones are turned away.
+    pub max_inflight: usize,
+    pub discounts: Vec<Discount>,
+    /// Overall time for one verification across every explorer tried.
+    pub deadline: Duration,
+    pub breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Slots of the shared payment table (fixed memory, see `cache`).
+    pub max_entries: usize,
+    pub not_found_ttl: Duration,
+    pub unconfirmed_ttl: Duration,
+    pub tip_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open an explorer's circuit.
+    pub failures: u32,
+    /// How long an open circuit skips the explorer before trying it again.
+    pub cool_down: Duration,
 }
 
 /// A refusal that names the field, e.g. "pay_to[1]: not a valid address".
@@ -168,7 +257,38 @@ impl Config {
             other => return refuse("failure_mode", format!("\"{other}\" is not one of closed, open")),
         };
         let routes = validate_routes(raw.routes.unwrap_or_default(), &default_policy)?;
-        Ok(Config { header, network, pay_to, default_policy, explorers, timeout, failure_mode, routes })
+        let cache = validate_cache(raw.cache)?;
+        let grant = validate_grant(raw.grant)?;
+        let bind_to = raw.bind_to.map(|text| validate_identity(&text, "bind_to")).transpose()?;
+        let penalty = raw.penalty.map(validate_penalty).transpose()?;
+        let max_inflight = match raw.max_inflight.unwrap_or(64) {
+            0 => return refuse("max_inflight", "must be at least 1"),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let discounts = validate_discounts(raw.discounts.unwrap_or_default(), penalty.is_some())?;
+        let deadline = validate_duration(raw.deadline.as_deref().unwrap_or("5s"), "deadline")?;
+        if deadline < timeout {
+            return refuse("deadline", "must be at least the per-call timeout");
+        }
+        let breaker = validate_breaker(raw.circuit_breaker)?;
+        Ok(Config {
+            header,
+            network,
+            pay_to,
+            default_policy,
+            explorers,
+            timeout,
+            failure_mode,
+            routes,
+            cache,
+            grant,
+            bind_to,
+            penalty,
+            max_inflight,
+            discounts,
+            deadline,
+            breaker,
+        })
     }
 
     /// The first route whose prefix matches the path (query string ignored), else the default price.
@@ -191,6 +311,114 @@ impl Config {
 pub enum AccessRef<'a> {
     Free,
     Paid(&'a Policy),
+}
+
+fn validate_cache(raw: Option<RawCache>) -> Result<CacheConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawCache { max_entries: None, not_found_ttl: None, unconfirmed_ttl: None, tip_ttl: None });
+    let max_entries = raw.max_entries.unwrap_or(4096);
+    if !(1..=1_000_000).contains(&max_entries) {
+        return refuse("cache.max_entries", format!("{max_entries} is not between 1 and 1000000"));
+    }
+    Ok(CacheConfig {
+        max_entries,
+        not_found_ttl: validate_duration(raw.not_found_ttl.as_deref().unwrap_or("10s"), "cache.not_found_ttl")?,
+        unconfirmed_ttl: validate_duration(raw.unconfirmed_ttl.as_deref().unwrap_or("30s"), "cache.unconfirmed_ttl")?,
+        tip_ttl: validate_duration(raw.tip_ttl.as_deref().unwrap_or("5s"), "cache.tip_ttl")?,
+    })
+}
+
+fn validate_grant(raw: Option<RawGrant>) -> Result<Grant, ConfigError> {
+    let Some(raw) = raw else { return Ok(Grant::default()) };
+    if raw.requests == Some(0) {
+        return refuse("grant.requests", "must be at least 1");
+    }
+    let window = raw.window.map(|w| validate_duration(&w, "grant.window")).transpose()?;
+    if window.is_some_and(|w| w.as_secs() == 0) {
+        return refuse("grant.window", "must be at least 1s");
+    }
+    if raw.requests.is_none() && window.is_none() {
+        return refuse("grant", "needs requests, window or both");
+    }
+    Ok(Grant { requests: raw.requests, window })
+}
+
+fn validate_identity(text: &str, field: &str) -> Result<IdentitySource, ConfigError> {
+    match IdentitySource::parse(text) {
+        Some(source) => Ok(source),
+        None => refuse(field, format!("\"{text}\" is not one of header:<name>, mtls_principal, source_address")),
+    }
+}
+
+fn validate_penalty(raw: RawPenalty) -> Result<PenaltyConfig, ConfigError> {
+    let identity = validate_identity(raw.identity.as_deref().unwrap_or("source_address"), "penalty.identity")?;
+    let max_strikes = raw.max_strikes.unwrap_or(5);
+    if max_strikes == 0 {
+        return refuse("penalty.max_strikes", "must be at least 1");
+    }
+    let slots = raw.max_clients.unwrap_or(4096);
+    if !(1..=1_000_000).contains(&slots) {
+        return refuse("penalty.max_clients", format!("{slots} is not between 1 and 1000000"));
+    }
+    let find_time = validate_duration(raw.find_time.as_deref().unwrap_or("1m"), "penalty.find_time")?;
+    let ban_time = validate_duration(raw.ban_time.as_deref().unwrap_or("10m"), "penalty.ban_time")?;
+    if find_time.as_secs() == 0 || ban_time.as_secs() == 0 {
+        return refuse("penalty", "find_time and ban_time must be at least 1s");
+    }
+    Ok(PenaltyConfig { identity, max_strikes, find_time, ban_time, slots })
+}
+
+fn validate_discounts(raw: Vec<RawDiscount>, penalty_on: bool) -> Result<Vec<Discount>, ConfigError> {
+    let mut out: Vec<Discount> = Vec::with_capacity(raw.len());
+    for (i, d) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("discounts[{i}].{name}");
+        let name = required(d.name, &field("name"))?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return refuse(field("name"), "must be letters, digits, '-' or '_' (it is sent in x-txgate-discount)");
+        }
+        if out.iter().any(|o| o.name == name) {
+            return refuse(field("name"), format!("\"{name}\" is used twice"));
+        }
+        let percent = required(d.percent, &field("percent"))?;
+        if !(1..=99).contains(&percent) {
+            return refuse(field("percent"), "must be between 1 and 99 (use a free route for 100)");
+        }
+        let mut conditions = Vec::new();
+        if let Some(list) = d.mtls_principal_in {
+            if list.is_empty() {
+                return refuse(field("mtls_principal_in"), "must list at least one principal");
+            }
+            conditions.push(Condition::MtlsPrincipalIn(list));
+        }
+        if let Some(h) = d.header {
+            let name = required(h.name, &field("header.name"))?.to_ascii_lowercase();
+            conditions.push(Condition::Header { name, value: h.value });
+        }
+        if let Some(period) = d.no_strikes_for {
+            if !penalty_on {
+                return refuse(field("no_strikes_for"), "needs the penalty box (penalty) to know about strikes");
+            }
+            conditions.push(Condition::NoStrikesFor(validate_duration(&period, &field("no_strikes_for"))?));
+        }
+        let condition = match conditions.len() {
+            1 => conditions.pop(),
+            _ => None,
+        };
+        let Some(condition) = condition else {
+            return refuse(field("name"), "needs exactly one of mtls_principal_in, header, no_strikes_for");
+        };
+        out.push(Discount { name, percent, condition });
+    }
+    Ok(out)
+}
+
+fn validate_breaker(raw: Option<RawBreaker>) -> Result<BreakerConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawBreaker { failures: None, cool_down: None });
+    let failures = raw.failures.unwrap_or(3);
+    if failures == 0 {
+        return refuse("circuit_breaker.failures", "must be at least 1");
+    }
+    let cool_down = validate_duration(raw.cool_down.as_deref().unwrap_or("30s"), "circuit_breaker.cool_down")?;
+    Ok(BreakerConfig { failures, cool_down })
 }
 
 fn validate_header(header: Option<String>) -> Result<String, ConfigError> {

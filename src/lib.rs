@@ -3,13 +3,23 @@
 //!
 //! Everything but `filter` is plain Rust with no host calls, tested natively.
 
+// The in-memory test store only needs `len`.
+#![cfg_attr(test, allow(clippy::len_without_is_empty))]
+
 pub mod address;
+pub mod cache;
 pub mod config;
+pub mod discount;
 pub mod duration;
 pub mod esplora;
+pub mod grant;
+pub mod identity;
 pub mod metrics;
 pub mod payment;
+pub mod penalty;
+pub mod record;
 pub mod rejection;
+pub mod store;
 pub mod txid;
 
 #[cfg(target_family = "wasm")]

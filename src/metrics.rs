@@ -6,6 +6,10 @@ use crate::rejection::Rejection;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
     Allowed,
+    /// Allowed straight from the shared cache, with no explorer call.
+    CacheHits,
+    Strikes,
+    Bans,
     Free,
     FailedOpen,
     Rejected(RejectionKind),
@@ -23,12 +27,19 @@ pub enum RejectionKind {
     InsufficientConfirmations,
     PaymentExpired,
     ExplorerUnavailable,
+    PaymentExhausted,
+    BoundToOtherClient,
+    ClientBanned,
+    VerificationBusy,
     Internal,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Allowed,
+        Counter::CacheHits,
+        Counter::Strikes,
+        Counter::Bans,
         Counter::Free,
         Counter::FailedOpen,
         Counter::Rejected(RejectionKind::PaymentRequired),
@@ -38,6 +49,10 @@ impl Counter {
         Counter::Rejected(RejectionKind::InsufficientConfirmations),
         Counter::Rejected(RejectionKind::PaymentExpired),
         Counter::Rejected(RejectionKind::ExplorerUnavailable),
+        Counter::Rejected(RejectionKind::PaymentExhausted),
+        Counter::Rejected(RejectionKind::BoundToOtherClient),
+        Counter::Rejected(RejectionKind::ClientBanned),
+        Counter::Rejected(RejectionKind::VerificationBusy),
         Counter::Rejected(RejectionKind::Internal),
         Counter::ExplorerCalls,
         Counter::ExplorerErrors,
@@ -46,6 +61,9 @@ impl Counter {
     pub fn name(self) -> &'static str {
         match self {
             Counter::Allowed => "txgate_requests_allowed",
+            Counter::CacheHits => "txgate_cache_hits",
+            Counter::Strikes => "txgate_penalty_strikes",
+            Counter::Bans => "txgate_penalty_bans",
             Counter::Free => "txgate_requests_free",
             Counter::FailedOpen => "txgate_requests_failed_open",
             Counter::Rejected(kind) => match kind {
@@ -56,6 +74,10 @@ impl Counter {
                 RejectionKind::InsufficientConfirmations => "txgate_rejected_insufficient_confirmations",
                 RejectionKind::PaymentExpired => "txgate_rejected_payment_expired",
                 RejectionKind::ExplorerUnavailable => "txgate_rejected_explorer_unavailable",
+                RejectionKind::PaymentExhausted => "txgate_rejected_payment_exhausted",
+                RejectionKind::BoundToOtherClient => "txgate_rejected_payment_bound_to_other_client",
+                RejectionKind::ClientBanned => "txgate_rejected_client_banned",
+                RejectionKind::VerificationBusy => "txgate_rejected_verification_busy",
                 RejectionKind::Internal => "txgate_rejected_internal_error",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
@@ -79,6 +101,10 @@ impl Rejection {
             Rejection::InsufficientConfirmations { .. } => RejectionKind::InsufficientConfirmations,
             Rejection::PaymentExpired { .. } => RejectionKind::PaymentExpired,
             Rejection::ExplorerUnavailable => RejectionKind::ExplorerUnavailable,
+            Rejection::PaymentExhausted { .. } => RejectionKind::PaymentExhausted,
+            Rejection::BoundToOtherClient => RejectionKind::BoundToOtherClient,
+            Rejection::ClientBanned { .. } => RejectionKind::ClientBanned,
+            Rejection::VerificationBusy => RejectionKind::VerificationBusy,
             Rejection::Internal => RejectionKind::Internal,
         })
     }
@@ -98,6 +124,10 @@ mod tests {
             Rejection::InsufficientConfirmations { confirmations: 0, required: 1 },
             Rejection::PaymentExpired { block_time: 0, max_age_secs: 1 },
             Rejection::ExplorerUnavailable,
+            Rejection::PaymentExhausted { requests: Some(1), window_secs: None },
+            Rejection::BoundToOtherClient,
+            Rejection::ClientBanned { retry_after_secs: 1 },
+            Rejection::VerificationBusy,
             Rejection::Internal,
         ];
         for r in rejections {

@@ -22,6 +22,19 @@ pub enum Rejection {
         max_age_secs: u64,
     },
     ExplorerUnavailable,
+    /// The payment's grant (requests or window) is used up.
+    PaymentExhausted {
+        requests: Option<u64>,
+        window_secs: Option<u64>,
+    },
+    /// The payment was first used by another client identity (`bind_to`).
+    BoundToOtherClient,
+    /// The client is in the penalty box.
+    ClientBanned {
+        retry_after_secs: u64,
+    },
+    /// Too many verifications in flight on this worker.
+    VerificationBusy,
     /// The filter itself could not do its job (host call failed, no configuration).
     Internal,
 }
@@ -42,6 +55,10 @@ impl Rejection {
             Rejection::InsufficientConfirmations { .. } => "insufficient_confirmations",
             Rejection::PaymentExpired { .. } => "payment_expired",
             Rejection::ExplorerUnavailable => "explorer_unavailable",
+            Rejection::PaymentExhausted { .. } => "payment_exhausted",
+            Rejection::BoundToOtherClient => "payment_bound_to_other_client",
+            Rejection::ClientBanned { .. } => "client_banned",
+            Rejection::VerificationBusy => "verification_busy",
             Rejection::Internal => "internal_error",
         }
     }
@@ -49,7 +66,8 @@ impl Rejection {
     pub fn status(&self) -> u32 {
         match self {
             Rejection::InvalidTxid => 400,
-            Rejection::ExplorerUnavailable => 503,
+            Rejection::ExplorerUnavailable | Rejection::VerificationBusy => 503,
+            Rejection::ClientBanned { .. } => 429,
             Rejection::Internal => 500,
             _ => 402,
         }
@@ -71,6 +89,10 @@ impl Rejection {
             }
             Rejection::PaymentExpired { .. } => "This payment is older than the accepted window; make a new payment.".to_string(),
             Rejection::ExplorerUnavailable => "The payment could not be verified because no block explorer answered; retry shortly.".to_string(),
+            Rejection::PaymentExhausted { .. } => "This payment has been used up; make a new payment.".to_string(),
+            Rejection::BoundToOtherClient => "This payment belongs to another client; make your own payment.".to_string(),
+            Rejection::ClientBanned { .. } => "Too many invalid or unpaid transaction ids; wait before retrying.".to_string(),
+            Rejection::VerificationBusy => "Too many payments are being verified right now; retry shortly.".to_string(),
             Rejection::Internal => INTERNAL_MESSAGE.to_string(),
         }
     }
@@ -94,6 +116,10 @@ impl Rejection {
                 json!({"block_time": block_time, "max_age_secs": max_age_secs})
             }
             Rejection::InvalidTxid => json!({"header": config.header}),
+            Rejection::PaymentExhausted { requests, window_secs } => {
+                json!({"grant": {"requests": requests, "window_secs": window_secs}})
+            }
+            Rejection::ClientBanned { retry_after_secs } => json!({"retry_after_secs": retry_after_secs}),
             _ => json!({}),
         };
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), extra) {
@@ -108,8 +134,14 @@ impl Rejection {
     /// Extra response headers beside `content-type`.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![("cache-control", "no-store".to_string())];
-        if let Rejection::ExplorerUnavailable = self {
-            headers.push(("retry-after", EXPLORER_RETRY_AFTER_SECS.to_string()));
+        let retry_after = match self {
+            Rejection::ExplorerUnavailable => Some(u64::from(EXPLORER_RETRY_AFTER_SECS)),
+            Rejection::VerificationBusy => Some(1),
+            Rejection::ClientBanned { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            headers.push(("retry-after", secs.to_string()));
         }
         headers
     }

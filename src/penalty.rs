@@ -1,0 +1,159 @@
+//! The penalty box: a client that keeps sending bogus or unpaid txids is refused for a while
+//! without any explorer call (fail2ban at layer 7).
+//!
+//! Clients live in a fixed table of shared-data slots (`txgate/c/<n>`), one slot per identity
+//! hash; a colliding newcomer replaces the older client, so memory is bounded.
+
+use std::time::Duration;
+
+use crate::identity::IdentitySource;
+use crate::record::{put_u64, Reader};
+use crate::store::{update, SharedStore, UpdateError};
+
+const VERSION: u8 = 1;
+pub const CLIENT_RECORD_LEN: usize = 1 + 5 * 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PenaltyConfig {
+    pub identity: IdentitySource,
+    pub max_strikes: u32,
+    pub find_time: Duration,
+    pub ban_time: Duration,
+    pub slots: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientRecord {
+    pub id: u64,
+    pub strikes: u64,
+    pub window_start: u64,
+    pub banned_until: u64,
+    pub last_strike: u64,
+}
+
+impl ClientRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CLIENT_RECORD_LEN);
+        out.push(VERSION);
+        for v in [self.id, self.strikes, self.window_start, self.banned_until, self.last_strike] {
+            put_u64(&mut out, v);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<ClientRecord> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        Some(ClientRecord {
+            id: r.u64()?,
+            strikes: r.u64()?,
+            window_start: r.u64()?,
+            banned_until: r.u64()?,
+            last_strike: r.u64()?,
+        })
+    }
+}
+
+impl PenaltyConfig {
+    pub fn key(&self, id: u64) -> String {
+        let slots = u64::try_from(self.slots.max(1)).unwrap_or(1);
+        format!("txgate/c/{}", id.checked_rem(slots).unwrap_or(0))
+    }
+
+    pub fn create(&self, store: &dyn SharedStore) {
+        for slot in 0..self.slots {
+            store.create_if_missing(&format!("txgate/c/{slot}"), &[]);
+        }
+    }
+
+    /// What is known of this client; a fresh record if its slot holds someone else.
+    pub fn client(&self, store: &dyn SharedStore, id: u64) -> ClientRecord {
+        store
+            .get(&self.key(id))
+            .and_then(|(bytes, _)| ClientRecord::decode(&bytes))
+            .filter(|r| r.id == id)
+            .unwrap_or(ClientRecord { id, ..ClientRecord::default() })
+    }
+
+    /// Seconds left on a ban, if the client is banned now.
+    pub fn banned_for(&self, record: &ClientRecord, now_secs: u64) -> Option<u64> {
+        (record.banned_until > now_secs).then(|| record.banned_until.saturating_sub(now_secs))
+    }
+
+    /// Records one strike; returns the ban length in seconds if this strike started a ban.
+    pub fn strike(&self, store: &dyn SharedStore, id: u64, now_secs: u64) -> Result<Option<u64>, UpdateError> {
+        update(store, &self.key(id), |bytes| {
+            let mut r =
+                ClientRecord::decode(bytes).filter(|r| r.id == id).unwrap_or(ClientRecord { id, ..Default::default() });
+            if now_secs >= r.window_start.saturating_add(self.find_time.as_secs()) {
+                r.window_start = now_secs;
+                r.strikes = 0;
+            }
+            r.strikes = r.strikes.saturating_add(1);
+            r.last_strike = now_secs;
+            let mut banned = None;
+            if r.strikes >= u64::from(self.max_strikes) {
+                r.banned_until = now_secs.saturating_add(self.ban_time.as_secs());
+                r.strikes = 0;
+                r.window_start = now_secs;
+                banned = Some(self.ban_time.as_secs());
+            }
+            (Some(r.encode()), banned)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn config() -> PenaltyConfig {
+        PenaltyConfig {
+            identity: IdentitySource::SourceAddress,
+            max_strikes: 3,
+            find_time: Duration::from_secs(60),
+            ban_time: Duration::from_secs(600),
+            slots: 8,
+        }
+    }
+
+    #[test]
+    fn strikes_within_find_time_ban_then_the_ban_lifts() {
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        assert_eq!(c.strike(&store, 42, 100).unwrap(), None);
+        assert_eq!(c.strike(&store, 42, 110).unwrap(), None);
+        assert_eq!(c.strike(&store, 42, 120).unwrap(), Some(600));
+        let r = c.client(&store, 42);
+        assert_eq!(c.banned_for(&r, 121), Some(599));
+        assert_eq!(c.banned_for(&r, 720), None);
+        assert_eq!(c.banned_for(&c.client(&store, 43), 121), None, "other clients are not banned");
+    }
+
+    #[test]
+    fn strikes_spread_wider_than_find_time_do_not_ban() {
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        for t in [0, 61, 122, 183, 244] {
+            assert_eq!(c.strike(&store, 42, t).unwrap(), None);
+        }
+        assert_eq!(c.client(&store, 42).last_strike, 244);
+    }
+
+    #[test]
+    fn clients_sharing_a_slot_replace_each_other_and_memory_is_bounded() {
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        for id in 1..1000u64 {
+            c.strike(&store, id, 1).unwrap();
+        }
+        assert_eq!(store.len(), 8);
+        assert_eq!(c.client(&store, 1).strikes, 0, "replaced by a later client in its slot");
+    }
+}
