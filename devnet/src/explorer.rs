@@ -164,7 +164,7 @@ impl Instance {
         lock(&self.stats).record(&req.path, kind);
         let fault = faults::take(&mut lock(&self.fault), kind);
 
-        if let Some(ms) = fault.as_ref().and_then(|f| f.delay_ms) {
+        if let Some(ms) = fault.as_ref().and_then(Fault::delay) {
             std::thread::sleep(Duration::from_millis(ms));
         }
         let mode = fault.as_ref().map_or(Mode::None, |f| f.mode);

@@ -65,6 +65,11 @@ impl Fault {
         Ok(f)
     }
 
+    /// How long to stall first: `delay_ms`, or 3 s for a bare `delay`.
+    pub fn delay(&self) -> Option<u64> {
+        self.delay_ms.or((self.mode == Mode::Delay).then_some(3000))
+    }
+
     /// Does this fault change the answer to a request of this kind?
     pub fn applies(&self, kind: Kind) -> bool {
         let in_scope = match (&self.txid, kind) {

@@ -154,6 +154,7 @@ mod tests {
         for ok in [
             "bcrt1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqc8gma6",
             "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
+            "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
             "2MzQwSSnBHWHqSAqtTVQ6v47XtaisrJa1Vc",
         ] {
             assert!(parse_regtest_address(ok).is_ok(), "{ok}");
