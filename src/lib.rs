@@ -7,11 +7,13 @@
 #![cfg_attr(test, allow(clippy::len_without_is_empty))]
 
 pub mod address;
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod discount;
 pub mod duration;
 pub mod esplora;
+pub mod gate;
 pub mod grant;
 pub mod identity;
 pub mod metrics;

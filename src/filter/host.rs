@@ -3,9 +3,13 @@
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
+use crate::config::Policy;
+use crate::gate::{Effects, Gate, Verdict};
 use crate::metrics::Counter;
+use crate::rejection::Rejection;
+use crate::store::{SharedStore, StoreError};
 
 /// The SDK's own logger and panic hook unwrap the host's answer; these ignore it instead, since a
 /// log line that cannot be written must not take the VM down.
@@ -72,10 +76,6 @@ impl Metrics {
     }
 }
 
-pub fn now_unix_secs() -> u64 {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
-}
-
 pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
     match hostcalls::get_buffer(kind, 0, size) {
         Ok(bytes) => Some(bytes.unwrap_or_default()),
@@ -88,4 +88,111 @@ pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 
 pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(map, name).ok().flatten()
+}
+
+pub fn now_unix_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Proxy-Wasm shared data (one map per `vm_id`, shared by every worker).
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Some((value, cas)),
+            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), Some(cas)) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) => {
+                log::warn!("txgate: writing shared data {key} failed: {status:?}");
+                Err(StoreError::Host)
+            }
+        }
+    }
+}
+
+/// A connection property as text (e.g. `source.address`), if the host has it.
+pub fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+/// Sends the local reply for a rejection; the caller must not resume the request afterwards.
+pub fn send_rejection(context_id: u32, gate: &Gate, metrics: &Metrics, rejection: &Rejection, policy: Option<&Policy>) {
+    metrics.count(rejection.counter());
+    let body = rejection.body(&gate.config, policy);
+    let extra = rejection.headers();
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    if let Err(status) = hostcalls::send_http_response(rejection.status(), headers, Some(body.as_bytes())) {
+        log::error!("#{context_id} txgate: sending the {} reply failed: {status:?}", rejection.code());
+    }
+}
+
+pub fn add_request_header(context_id: u32, name: &str, value: &str) {
+    if let Err(status) = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value) {
+        log::error!("#{context_id} txgate: adding {name} failed: {status:?}");
+    }
+}
+
+/// Carries out a verdict on the current (effective) context. Returns whether the request may go
+/// on; `resume` says whether it was paused and must be resumed explicitly.
+pub fn carry_out(context_id: u32, gate: &Gate, metrics: &Metrics, verdict: &Verdict, resume: bool) -> bool {
+    let go_on = match verdict {
+        Verdict::Free => {
+            metrics.count(Counter::Free);
+            true
+        }
+        Verdict::Allow { txid, receipt, discount, from_cache } => {
+            add_request_header(context_id, "x-txgate-txid", txid.as_str());
+            add_request_header(context_id, "x-txgate-paid-sats", &receipt.paid_sats.to_string());
+            add_request_header(context_id, "x-txgate-confirmations", &receipt.confirmations.to_string());
+            if let Some(discount) = discount {
+                add_request_header(context_id, "x-txgate-discount", discount);
+            }
+            metrics.count(Counter::Allowed);
+            if *from_cache {
+                metrics.count(Counter::CacheHits);
+            }
+            true
+        }
+        Verdict::AllowUnverified => {
+            log::warn!(
+                "#{context_id} txgate: explorer unavailable, request let through unverified (failure_mode open)"
+            );
+            add_request_header(context_id, "x-txgate-unverified", "explorer_unavailable");
+            metrics.count(Counter::FailedOpen);
+            true
+        }
+        Verdict::Reject { rejection, policy } => {
+            send_rejection(context_id, gate, metrics, rejection, policy.as_ref());
+            false
+        }
+        Verdict::Lookup(_) => false,
+    };
+    if go_on && resume {
+        if let Err(status) = hostcalls::resume_http_request() {
+            log::error!("#{context_id} txgate: resuming the request failed: {status:?}");
+        }
+    }
+    go_on
+}
+
+pub fn count_effects(metrics: &Metrics, effects: Effects) {
+    if effects.struck {
+        metrics.count(Counter::Strikes);
+    }
+    if effects.banned {
+        metrics.count(Counter::Bans);
+    }
 }

@@ -4,6 +4,7 @@
 mod host;
 mod payment_check;
 mod root;
+mod verifier;
 
 proxy_wasm::main! {{
     host::install_logger_and_panic_hook();

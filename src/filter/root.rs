@@ -1,21 +1,267 @@
-//! The root context: reads and checks the configuration, defines metrics, makes stream contexts.
+//! The root context: reads and checks the configuration, defines metrics, makes stream contexts,
+//! and runs every explorer lookup of its worker (see `verifier`).
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
 
-use super::host::{self, Metrics};
+use super::host::{self, HostStore, Metrics};
 use super::payment_check::PaymentCheck;
+use super::verifier::{Call, Verifier};
+use crate::breaker::{next_explorer, Breaker};
 use crate::config::Config;
+use crate::esplora::{self, ExplorerError, TxLookup, MAX_BODY_BYTES};
+use crate::gate::{Gate, LookupResult, Verdict};
+use crate::metrics::Counter;
+use crate::rejection::Rejection;
+use crate::txid::Txid;
+
+/// The tick only starts dispatches, so it runs as soon as the host allows and only while
+/// lookups are pending.
+const DISPATCH_TICK: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 pub struct FilterRoot {
-    config: Option<Rc<Config>>,
+    gate: Option<Rc<Gate>>,
     metrics: Option<Rc<Metrics>>,
+    verifier: Rc<RefCell<Verifier>>,
 }
 
-impl Context for FilterRoot {}
+/// Lookups that finished during one callback, answered after the verifier is released.
+type Finished = Vec<(Txid, LookupResult)>;
+
+impl FilterRoot {
+    fn dispatch(gate: &Gate, explorer: usize, path: &str) -> Result<u32, ExplorerError> {
+        let e = gate.config.explorers.get(explorer).ok_or(ExplorerError::NoResponse)?;
+        let full_path = format!("{}{path}", e.path_prefix);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", full_path.as_str()),
+            (":authority", e.authority.as_str()),
+            ("accept", "application/json"),
+            ("user-agent", concat!("txgate/", env!("CARGO_PKG_VERSION"))),
+        ];
+        hostcalls::dispatch_http_call(&e.cluster, headers, None, vec![], gate.config.timeout).map_err(|status| {
+            // Unknown cluster or missing pseudo-header: a deployment mistake, worth an error line.
+            log::error!("txgate: cannot call explorer cluster {:?}: {status:?}", e.cluster);
+            ExplorerError::NoResponse
+        })
+    }
+
+    /// Sends the transaction call to the first usable explorer from `from` on.
+    fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
+        let mut from = from;
+        while let Some(explorer) = next_explorer(&v.breakers, from, now_ms) {
+            self.count(Counter::ExplorerCalls);
+            match Self::dispatch(gate, explorer, &format!("/tx/{txid}")) {
+                Ok(token) => {
+                    v.calls.insert(token, Call::Tx { txid, explorer });
+                    return;
+                }
+                Err(_) => {
+                    self.count(Counter::ExplorerErrors);
+                    self.explorer_failed(gate, v, explorer, now_ms);
+                    from = explorer.saturating_add(1);
+                }
+            }
+        }
+        done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None }));
+    }
+
+    fn dispatch_tip(&self, gate: &Gate, v: &mut Verifier, from: usize, now_ms: u64, done: &mut Finished) {
+        let mut from = from;
+        while let Some(explorer) = next_explorer(&v.breakers, from, now_ms) {
+            self.count(Counter::ExplorerCalls);
+            match Self::dispatch(gate, explorer, "/blocks/tip/height") {
+                Ok(token) => {
+                    v.calls.insert(token, Call::Tip { explorer });
+                    v.tip_in_flight = true;
+                    return;
+                }
+                Err(_) => {
+                    self.count(Counter::ExplorerErrors);
+                    self.explorer_failed(gate, v, explorer, now_ms);
+                    from = explorer.saturating_add(1);
+                }
+            }
+        }
+        // No explorer can tell the tip: whoever waits for it is decided without one.
+        v.tip_in_flight = false;
+        for txid in v.waiting_for_tip() {
+            let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take());
+            done.push((txid, LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip: None }));
+        }
+    }
+
+    fn explorer_failed(&self, gate: &Gate, v: &mut Verifier, explorer: usize, now_ms: u64) {
+        if let Some(breaker) = v.breakers.get_mut(explorer) {
+            if breaker.failure(&gate.config.breaker, now_ms) {
+                log::warn!(
+                    "txgate: explorer {} failing, skipped for {:?}",
+                    gate.config.explorers.get(explorer).map_or("", |e| e.cluster.as_str()),
+                    gate.config.breaker.cool_down
+                );
+            }
+        }
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(m) = &self.metrics {
+            m.count(counter);
+        }
+    }
+
+    fn within_deadline(gate: &Gate, v: &Verifier, txid: &Txid, now_ms: u64) -> bool {
+        let deadline = u64::try_from(gate.config.deadline.as_millis()).unwrap_or(u64::MAX);
+        v.lookups.get(txid).is_some_and(|l| now_ms < l.started_ms.saturating_add(deadline))
+    }
+
+    fn on_tx_answer(
+        &self,
+        gate: &Gate,
+        v: &mut Verifier,
+        (txid, explorer): (Txid, usize),
+        answer: Result<TxLookup, ExplorerError>,
+        now_ms: u64,
+        done: &mut Finished,
+    ) {
+        match answer {
+            Err(error) => {
+                self.count(Counter::ExplorerErrors);
+                log::warn!("txgate: explorer {explorer} answer for {txid} unusable: {error}");
+                self.explorer_failed(gate, v, explorer, now_ms);
+                let next = explorer.saturating_add(1);
+                if next < gate.config.explorers.len() && Self::within_deadline(gate, v, &txid, now_ms) {
+                    self.dispatch_tx(gate, v, txid, next, now_ms, done);
+                } else {
+                    done.push((txid, LookupResult { tx: Err(error), tip: None }));
+                }
+            }
+            Ok(lookup) => {
+                if let Some(b) = v.breakers.get_mut(explorer) {
+                    b.success();
+                }
+                let confirmed = matches!(&lookup, TxLookup::Found(f) if f.block.is_some());
+                if confirmed && (v.tip_in_flight || gate.tip_needed(&HostStore, now_ms)) {
+                    if let Some(l) = v.lookups.get_mut(&txid) {
+                        l.tx = Some(Ok(lookup));
+                    }
+                    if !v.tip_in_flight {
+                        self.dispatch_tip(gate, v, 0, now_ms, done);
+                    }
+                } else {
+                    done.push((txid, LookupResult { tx: Ok(lookup), tip: None }));
+                }
+            }
+        }
+    }
+
+    fn on_tip_answer(
+        &self,
+        gate: &Gate,
+        v: &mut Verifier,
+        explorer: usize,
+        answer: Result<u64, ExplorerError>,
+        now_ms: u64,
+        done: &mut Finished,
+    ) {
+        v.tip_in_flight = false;
+        match answer {
+            Ok(height) => {
+                if let Some(b) = v.breakers.get_mut(explorer) {
+                    b.success();
+                }
+                let _ = crate::cache::write_tip(&HostStore, height, now_ms);
+                for txid in v.waiting_for_tip() {
+                    let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take());
+                    done.push((
+                        txid,
+                        LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip: Some(height) },
+                    ));
+                }
+            }
+            Err(error) => {
+                self.count(Counter::ExplorerErrors);
+                log::warn!("txgate: explorer {explorer} tip height unusable: {error}");
+                self.explorer_failed(gate, v, explorer, now_ms);
+                self.dispatch_tip(gate, v, explorer.saturating_add(1), now_ms, done);
+            }
+        }
+    }
+
+    /// Answers every request that waited on the finished lookups.
+    fn finish(&self, gate: &Gate, done: Finished) {
+        let Some(metrics) = &self.metrics else { return };
+        let now_ms = host::now_unix_ms();
+        for (txid, result) in done {
+            let waiters = match self.verifier.try_borrow_mut() {
+                Ok(mut v) => v.lookups.remove(&txid).map(|l| l.waiters).unwrap_or_default(),
+                Err(_) => continue,
+            };
+            let slot = gate.remember(&HostStore, &txid, &result, now_ms);
+            for (context_id, ticket) in waiters {
+                let (verdict, effects) = gate.resolve(&HostStore, ticket, &result, slot, now_ms);
+                host::count_effects(metrics, effects);
+                // A request that ended while waiting is gone from the host: nothing to answer.
+                if hostcalls::set_effective_context(context_id).is_err() {
+                    continue;
+                }
+                let verdict = match verdict {
+                    Verdict::Lookup(ticket) => {
+                        Verdict::Reject { rejection: Rejection::VerificationBusy, policy: Some(ticket.policy) }
+                    }
+                    other => other,
+                };
+                host::carry_out(context_id, gate, metrics, &verdict, true);
+            }
+        }
+    }
+}
+
+fn read_callout(num_headers: usize, body_size: usize) -> Result<(u16, Vec<u8>), ExplorerError> {
+    if num_headers == 0 {
+        return Err(ExplorerError::NoResponse);
+    }
+    let status = host::header_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()))
+        .ok_or(ExplorerError::NoResponse)?;
+    if body_size > MAX_BODY_BYTES {
+        return Err(ExplorerError::TooLarge(body_size));
+    }
+    let body = host::buffer(BufferType::HttpCallResponseBody, body_size).ok_or(ExplorerError::NoResponse)?;
+    Ok((status, body))
+}
+
+impl Context for FilterRoot {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(gate) = self.gate.clone() else { return };
+        let now_ms = host::now_unix_ms();
+        let answer = read_callout(num_headers, body_size);
+        let mut done = Finished::new();
+        {
+            let Ok(mut v) = self.verifier.try_borrow_mut() else {
+                log::error!("txgate: explorer answer arrived while the verifier was busy; dropped");
+                return;
+            };
+            match v.calls.remove(&token_id) {
+                Some(Call::Tx { txid, explorer }) => {
+                    let parsed = answer.and_then(|(s, b)| esplora::parse_tx(s, &b, &txid, &gate.config.pay_to));
+                    self.on_tx_answer(&gate, &mut v, (txid, explorer), parsed, now_ms, &mut done);
+                }
+                Some(Call::Tip { explorer }) => {
+                    let parsed = answer.and_then(|(s, b)| esplora::parse_tip_height(s, &b));
+                    self.on_tip_answer(&gate, &mut v, explorer, parsed, now_ms, &mut done);
+                }
+                None => return,
+            }
+        }
+        self.finish(&gate, done);
+    }
+}
 
 impl RootContext for FilterRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -28,36 +274,81 @@ impl RootContext for FilterRoot {
             log::error!("txgate: configuration refused: the plugin configuration could not be read");
             return false;
         };
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                log::info!(
-                    "txgate configured: network {}, {} address(es), price {} sats, {} route(s), explorer cluster {}, failure_mode {:?}",
-                    config.network.name(),
-                    config.pay_to.len(),
-                    config.default_policy.price_sats,
-                    config.routes.len(),
-                    config.explorers.first().map_or("", |e| e.cluster.as_str()),
-                    config.failure_mode,
-                );
-                self.config = Some(Rc::new(config));
-                if self.metrics.is_none() {
-                    self.metrics = Some(Rc::new(Metrics::define()));
-                }
-                true
-            }
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
             Err(err) => {
                 log::error!("txgate: configuration refused: {err}");
-                false
+                return false;
             }
+        };
+        log::info!(
+            "txgate configured: network {}, {} address(es), price {} sats, {} route(s), {} explorer(s) starting with cluster {}, failure_mode {:?}, cache {} entries",
+            config.network.name(),
+            config.pay_to.len(),
+            config.default_policy.price_sats,
+            config.routes.len(),
+            config.explorers.len(),
+            config.explorers.first().map_or("", |e| e.cluster.as_str()),
+            config.failure_mode,
+            config.cache.max_entries,
+        );
+        if let Ok(mut v) = self.verifier.try_borrow_mut() {
+            v.breakers = vec![Breaker::default(); config.explorers.len()];
         }
+        let gate = Gate::new(config);
+        gate.create_slots(&HostStore);
+        self.gate = Some(Rc::new(gate));
+        if self.metrics.is_none() {
+            self.metrics = Some(Rc::new(Metrics::define()));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(gate) = self.gate.clone() else { return };
+        let now_ms = host::now_unix_ms();
+        let mut done = Finished::new();
+        {
+            let Ok(mut v) = self.verifier.try_borrow_mut() else { return };
+            let pending = std::mem::take(&mut v.pending);
+            if !pending.is_empty() && !v.tip_in_flight && gate.tip_needed(&HostStore, now_ms) {
+                // Read the tip alongside, so a confirmed payment does not wait a second round trip.
+                self.dispatch_tip(&gate, &mut v, 0, now_ms, &mut done);
+            }
+            for txid in pending {
+                self.dispatch_tx(&gate, &mut v, txid, 0, now_ms, &mut done);
+            }
+            v.tick_armed = false;
+        }
+        if let Err(status) = hostcalls::set_tick_period(Duration::ZERO) {
+            log::warn!("txgate: stopping the tick failed: {status:?}");
+        }
+        self.finish(&gate, done);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let metrics = self.metrics.clone().unwrap_or_default();
-        Some(Box::new(PaymentCheck::new(context_id, self.config.clone(), metrics)))
+        Some(Box::new(PaymentCheck::new(context_id, self.gate.clone(), metrics, self.verifier.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Arms the root's tick from a request context (the host applies it to the root context).
+pub fn arm_tick(v: &mut Verifier) -> bool {
+    if v.tick_armed {
+        return true;
+    }
+    match hostcalls::set_tick_period(DISPATCH_TICK) {
+        Ok(()) => {
+            v.tick_armed = true;
+            true
+        }
+        Err(status) => {
+            log::error!("txgate: arming the dispatch tick failed: {status:?}");
+            false
+        }
     }
 }

@@ -118,7 +118,10 @@ pub fn plugin_config(explorer_clusters: usize, overrides: &Value) -> Value {
         "max_age": "24h",
         "explorers": explorers,
         "timeout": "1s",
-        "routes": [{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2}]
+        "routes": [{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2}],
+        // Most tests change the chain between requests and want every request to see it; the
+        // caching tests turn these back on.
+        "cache": {"not_found_ttl": "0s", "unconfirmed_ttl": "0s", "tip_ttl": "0s"}
     });
     if let (Some(base), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
         for (k, v) in extra {
