@@ -353,6 +353,36 @@ impl Stack {
         self.control(explorer, "POST", "/control/fault", Some(&fault));
     }
 
+    /// The explorer instance's counters: `total`, `tx`, `tip`, `by_path`.
+    pub fn explorer_stats(&self, explorer: usize) -> Value {
+        self.control(explorer, "GET", "/control/stats", None)
+    }
+
+    /// A request on a new connection each time, so that Envoy spreads them over its workers.
+    pub fn get_fresh(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("connection", "close"));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let mut builder =
+            ureq::http::Request::builder().method("GET").uri(format!("http://127.0.0.1:{}{path}", self.listener_port));
+        for (k, v) in &all {
+            builder = builder.header(*k, *v);
+        }
+        let mut response = agent.run(builder.body(()).expect("request")).expect("request through Envoy");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
     /// Esplora calls the explorer instance has received so far.
     pub fn explorer_calls(&self, explorer: usize) -> u64 {
         self.control(explorer, "GET", "/control/stats", None)["total"].as_u64().expect("total")
@@ -376,6 +406,16 @@ impl Stack {
                 (key == name || key == format!("wasmcustom.{name}")).then(|| value.trim().parse().ok())?
             })
             .unwrap_or(0)
+    }
+
+    /// Downstream connections each Envoy worker accepted on the API listener.
+    pub fn worker_connections(&self) -> Vec<u64> {
+        let text =
+            self.call("GET", &format!("http://127.0.0.1:{}/stats?filter=worker_", self.admin_port), &[], None).body;
+        text.lines()
+            .filter(|l| l.starts_with("listener.127.0.0.1_") && l.contains(".downstream_cx_total: "))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+            .collect()
     }
 
     pub fn stats_text(&self) -> String {
