@@ -36,6 +36,14 @@ pub fn next_explorer(breakers: &[Breaker], from: usize, now_ms: u64) -> Option<u
     breakers.iter().enumerate().skip(from).find(|(_, b)| !b.is_open(now_ms)).map(|(i, _)| i)
 }
 
+/// Where a lookup starts: the first closed circuit, or, when every circuit is open, the explorer
+/// whose cool-down ends first, so that a full outage is probed instead of failing for a whole
+/// cool-down after the explorers come back.
+pub fn first_explorer(breakers: &[Breaker], now_ms: u64) -> Option<usize> {
+    next_explorer(breakers, 0, now_ms)
+        .or_else(|| breakers.iter().enumerate().min_by_key(|(_, b)| b.open_until_ms).map(|(i, _)| i))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +78,17 @@ mod tests {
         assert_eq!(next_explorer(&breakers, 2, 1), Some(2));
         assert_eq!(next_explorer(&breakers, 3, 1), None);
         assert_eq!(next_explorer(&breakers, 0, 20_000), Some(0));
+    }
+
+    #[test]
+    fn when_every_circuit_is_open_the_soonest_to_close_is_probed() {
+        let mut breakers = [Breaker::default(); 2];
+        for (i, b) in breakers.iter_mut().enumerate() {
+            b.failure(&CONFIG, 100 - i as u64);
+            b.failure(&CONFIG, 100 - i as u64);
+        }
+        assert_eq!(next_explorer(&breakers, 0, 200), None);
+        assert_eq!(first_explorer(&breakers, 200), Some(1));
+        assert_eq!(first_explorer(&[], 0), None);
     }
 }

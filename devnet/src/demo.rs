@@ -2,6 +2,7 @@
 //! told it (the `x-txgate-*` headers) and records requests for assertions.
 
 use crate::http::{Reply, Request, Response};
+use bitcoin::hashes::Hash;
 use serde_json::{json, Map, Value};
 use std::sync::{Mutex, PoisonError};
 
@@ -55,7 +56,12 @@ impl DemoApi {
             headers.insert(k.clone(), json!(joined));
         }
         let path = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
-        seen.push(json!({ "method": req.method, "path": path, "headers": headers }));
+        // Body size and digest let tests check that a body held back while paused arrives whole.
+        let digest = bitcoin::hashes::sha256::Hash::hash(&req.body);
+        seen.push(json!({
+            "method": req.method, "path": path, "headers": headers,
+            "body_bytes": req.body.len(), "body_sha256": digest.to_string(),
+        }));
         let body = json!({
             "ok": true,
             "method": req.method,

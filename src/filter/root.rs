@@ -12,7 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 use super::host::{self, HostStore, Metrics};
 use super::payment_check::PaymentCheck;
 use super::verifier::{Call, Verifier};
-use crate::breaker::{next_explorer, Breaker};
+use crate::breaker::{first_explorer, next_explorer, Breaker};
 use crate::config::Config;
 use crate::esplora::{self, ExplorerError, TxLookup, MAX_BODY_BYTES};
 use crate::gate::{Gate, LookupResult, Verdict};
@@ -54,8 +54,9 @@ impl FilterRoot {
 
     /// Sends the transaction call to the first usable explorer from `from` on.
     fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
-        let mut from = from;
-        while let Some(explorer) = next_explorer(&v.breakers, from, now_ms) {
+        let mut next =
+            if from == 0 { first_explorer(&v.breakers, now_ms) } else { next_explorer(&v.breakers, from, now_ms) };
+        while let Some(explorer) = next {
             self.count(Counter::ExplorerCalls);
             match Self::dispatch(gate, explorer, &format!("/tx/{txid}")) {
                 Ok(token) => {
@@ -65,7 +66,7 @@ impl FilterRoot {
                 Err(_) => {
                     self.count(Counter::ExplorerErrors);
                     self.explorer_failed(gate, v, explorer, now_ms);
-                    from = explorer.saturating_add(1);
+                    next = next_explorer(&v.breakers, explorer.saturating_add(1), now_ms);
                 }
             }
         }
@@ -73,8 +74,9 @@ impl FilterRoot {
     }
 
     fn dispatch_tip(&self, gate: &Gate, v: &mut Verifier, from: usize, now_ms: u64, done: &mut Finished) {
-        let mut from = from;
-        while let Some(explorer) = next_explorer(&v.breakers, from, now_ms) {
+        let mut next =
+            if from == 0 { first_explorer(&v.breakers, now_ms) } else { next_explorer(&v.breakers, from, now_ms) };
+        while let Some(explorer) = next {
             self.count(Counter::ExplorerCalls);
             match Self::dispatch(gate, explorer, "/blocks/tip/height") {
                 Ok(token) => {
@@ -85,7 +87,7 @@ impl FilterRoot {
                 Err(_) => {
                     self.count(Counter::ExplorerErrors);
                     self.explorer_failed(gate, v, explorer, now_ms);
-                    from = explorer.saturating_add(1);
+                    next = next_explorer(&v.breakers, explorer.saturating_add(1), now_ms);
                 }
             }
         }

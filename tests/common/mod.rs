@@ -300,6 +300,19 @@ impl Stack {
         self.call("GET", &format!("http://127.0.0.1:{}{path}", self.listener_port), headers, None)
     }
 
+    /// A POST with a raw body (e.g. megabytes, to see what happens while the request is paused).
+    pub fn post_bytes(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.listener_port);
+        let mut builder = ureq::http::Request::builder().method("POST").uri(&url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let mut response = self.agent.run(builder.body(body).expect("request")).expect("POST through Envoy");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Reply { status, headers: Vec::new(), body }
+    }
+
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
         self.call("POST", &format!("http://127.0.0.1:{}{path}", self.listener_port), headers, Some(body))
     }
