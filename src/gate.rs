@@ -155,7 +155,8 @@ impl Gate {
                 let tip = read_tip(store);
                 let tip_fresh =
                     tip.is_some_and(|(_, at)| facts.now_ms < at.saturating_add(duration_ms(self.config.cache.tip_ttl)));
-                self.judge(store, ticket, slot, &record, tip.map(|(h, _)| h), tip_fresh, facts.now_ms)
+                let known = Known { tip: tip.map(|(h, _)| h), tip_fresh, from_cache: true };
+                self.judge(store, ticket, slot, &record, known, facts.now_ms)
             }
             _ => (Verdict::Lookup(ticket), Effects::default()),
         }
@@ -209,7 +210,9 @@ impl Gate {
         });
         let tip = result.tip.or_else(|| self.shared_tip(store));
         match cached {
-            Some((slot, record)) => self.judge(store, ticket, slot, &record, tip, true, now_ms),
+            Some((slot, record)) => {
+                self.judge(store, ticket, slot, &record, Known { tip, tip_fresh: true, from_cache: false }, now_ms)
+            }
             // The slot was taken by another txid in the meantime: answer from the result itself,
             // without counting against a grant that no longer has a record.
             None => match &result.tx {
@@ -235,21 +238,19 @@ impl Gate {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,
         store: &dyn SharedStore,
         ticket: Ticket,
         slot: usize,
         record: &PaymentRecord,
-        tip: Option<u64>,
-        tip_fresh: bool,
+        known: Known,
         now_ms: u64,
     ) -> (Verdict, Effects) {
         let Some(facts) = record.facts() else {
             return self.refuse(store, ticket, Rejection::TxNotFound, now_ms);
         };
-        let from_cache = !tip_fresh || record.stored_ms < now_ms;
+        let Known { tip, tip_fresh, from_cache } = known;
         match decide(&ticket.policy, &facts, tip, now_ms / 1000) {
             Decision::Paid(receipt) => {
                 let used = self.config.grant.consume(store, slot, &record.txid, ticket.bind_id, now_ms / 1000);
@@ -304,6 +305,16 @@ impl Gate {
     }
 }
 
+/// What is known besides the cached record when judging a request.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    tip: Option<u64>,
+    /// The tip was read within `cache.tip_ttl` (or just now).
+    tip_fresh: bool,
+    /// Answered without an explorer call for this request.
+    from_cache: bool,
+}
+
 fn allow(ticket: Ticket, receipt: Receipt, from_cache: bool) -> Verdict {
     Verdict::Allow { txid: ticket.txid, receipt, discount: ticket.discount, from_cache }
 }
@@ -314,4 +325,194 @@ fn reject(rejection: Rejection, policy: Policy) -> (Verdict, Effects) {
 
 fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::esplora::{BlockPlace, TxFacts};
+    use crate::store::memory::MemoryStore;
+    use serde_json::json;
+
+    const PAY_TO: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+    const TXID: &str = "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b";
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn gate(extra: serde_json::Value) -> (Gate, MemoryStore) {
+        let mut config = json!({
+            "network": "regtest", "pay_to": [PAY_TO], "price_sats": 1000,
+            "explorers": [{"cluster": "e", "authority": "e"}],
+            "routes": [{"prefix": "/free", "free": true}]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let gate = Gate::new(Config::from_json(config.to_string().as_bytes()).unwrap());
+        let store = MemoryStore::default();
+        gate.create_slots(&store);
+        (gate, store)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+    }
+
+    fn admit(gate: &Gate, store: &MemoryStore, path: &str, hs: &[(&str, &str)], txids: &[&str]) -> (Verdict, Effects) {
+        let headers = headers(hs);
+        let facts = RequestFacts {
+            path,
+            headers: &headers,
+            principal: None,
+            source_address: Some("10.0.0.1:999"),
+            now_ms: NOW_MS,
+        };
+        let values: Vec<&[u8]> = txids.iter().map(|t| t.as_bytes()).collect();
+        gate.admit(store, &facts, &values)
+    }
+
+    fn ticket_of(v: Verdict) -> Ticket {
+        match v {
+            Verdict::Lookup(t) => t,
+            other => panic!("expected a lookup, got {other:?}"),
+        }
+    }
+
+    fn code(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Reject { rejection, .. } => rejection.code(),
+            Verdict::Allow { .. } => "allow",
+            Verdict::AllowUnverified => "allow_unverified",
+            Verdict::Free => "free",
+            Verdict::Lookup(_) => "lookup",
+        }
+    }
+
+    fn found(paid: u64, height: Option<u64>) -> LookupResult {
+        let block = height.map(|height| BlockPlace { height, time: NOW_MS / 1000 - 60 });
+        LookupResult { tx: Ok(TxLookup::Found(TxFacts { paid_sats: paid, block })), tip: Some(110) }
+    }
+
+    /// Runs one request through admit, a lookup with `result` and resolve, as the glue does.
+    fn verify(gate: &Gate, store: &MemoryStore, hs: &[(&str, &str)], result: &LookupResult) -> (Verdict, Effects) {
+        let ticket = ticket_of(admit(gate, store, "/api", hs, &[TXID]).0);
+        let slot = gate.remember(store, &ticket.txid, result, NOW_MS);
+        gate.resolve(store, ticket, result, slot, NOW_MS)
+    }
+
+    #[test]
+    fn free_routes_and_missing_or_bad_txids_need_no_lookup() {
+        let (gate, store) = gate(json!({}));
+        assert_eq!(admit(&gate, &store, "/free/x", &[], &[]).0, Verdict::Free);
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[]).0), "payment_required");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &["xyz"]).0), "invalid_txid");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID, TXID]).0), "invalid_txid");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "lookup");
+    }
+
+    #[test]
+    fn a_verified_payment_is_answered_from_the_cache_afterwards() {
+        let (gate, store) = gate(json!({}));
+        let (first, _) = verify(&gate, &store, &[], &found(1000, Some(100)));
+        assert!(
+            matches!(first, Verdict::Allow { receipt: Receipt { paid_sats: 1000, confirmations: 11 }, .. }),
+            "{first:?}"
+        );
+        let (again, _) = admit(&gate, &store, "/api", &[], &[TXID]);
+        assert!(matches!(again, Verdict::Allow { from_cache: true, .. }), "{again:?}");
+    }
+
+    #[test]
+    fn negative_answers_are_cached_until_their_ttl() {
+        let (gate, store) = gate(json!({"cache": {"not_found_ttl": "10s"}}));
+        let result = LookupResult { tx: Ok(TxLookup::NotFound), tip: None };
+        assert_eq!(code(&verify(&gate, &store, &[], &result).0), "tx_not_found");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "tx_not_found");
+        let headers = headers(&[]);
+        let later = RequestFacts {
+            path: "/api",
+            headers: &headers,
+            principal: None,
+            source_address: None,
+            now_ms: NOW_MS + 10_000,
+        };
+        assert_eq!(code(&gate.admit(&store, &later, &[TXID.as_bytes()]).0), "lookup");
+    }
+
+    #[test]
+    fn mempool_payments_wait_for_confirmations_and_are_asked_again_later() {
+        let (gate, store) = gate(json!({"cache": {"unconfirmed_ttl": "30s"}}));
+        assert_eq!(code(&verify(&gate, &store, &[], &found(1000, None)).0), "insufficient_confirmations");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_confirmations");
+    }
+
+    #[test]
+    fn a_stale_tip_that_looks_short_of_confirmations_is_read_again() {
+        let (gate, store) = gate(json!({"min_confirmations": 3, "cache": {"tip_ttl": "1s"}}));
+        let mut result = found(1000, Some(100));
+        result.tip = Some(101);
+        assert_eq!(code(&verify(&gate, &store, &[], &result).0), "insufficient_confirmations");
+        let headers = headers(&[]);
+        let later = RequestFacts {
+            path: "/api",
+            headers: &headers,
+            principal: None,
+            source_address: None,
+            now_ms: NOW_MS + 5_000,
+        };
+        assert_eq!(code(&gate.admit(&store, &later, &[TXID.as_bytes()]).0), "lookup");
+    }
+
+    #[test]
+    fn explorer_failure_follows_the_failure_mode() {
+        let failed = LookupResult { tx: Err(ExplorerError::NoResponse), tip: None };
+        let (closed, store) = gate(json!({}));
+        assert_eq!(code(&verify(&closed, &store, &[], &failed).0), "explorer_unavailable");
+        let (open, store) = gate(json!({"failure_mode": "open"}));
+        assert_eq!(verify(&open, &store, &[], &failed).0, Verdict::AllowUnverified);
+        let (closed, store) = gate(json!({}));
+        let no_tip = LookupResult { tip: None, ..found(1000, Some(100)) };
+        assert_eq!(code(&verify(&closed, &store, &[], &no_tip).0), "explorer_unavailable");
+    }
+
+    #[test]
+    fn grants_run_out() {
+        let (gate, store) = gate(json!({"grant": {"requests": 2}}));
+        assert_eq!(code(&verify(&gate, &store, &[], &found(1000, Some(100))).0), "allow");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "allow");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "payment_exhausted");
+    }
+
+    #[test]
+    fn binding_refuses_another_client_and_strikes_it() {
+        let (gate, store) = gate(json!({"bind_to": "header:x-key", "penalty": {"identity": "header:x-key"}}));
+        assert_eq!(code(&verify(&gate, &store, &[("x-key", "a")], &found(1000, Some(100))).0), "allow");
+        let (verdict, effects) = admit(&gate, &store, "/api", &[("x-key", "b")], &[TXID]);
+        assert_eq!(code(&verdict), "payment_bound_to_other_client");
+        assert!(effects.struck);
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-key", "a")], &[TXID]).0), "allow");
+    }
+
+    #[test]
+    fn strikes_lead_to_a_ban_that_needs_no_lookup() {
+        let (gate, store) = gate(json!({"penalty": {"identity": "source_address", "max_strikes": 2}}));
+        assert!(admit(&gate, &store, "/api", &[], &["bogus"]).1.struck);
+        let (_, effects) = admit(&gate, &store, "/api", &[], &["bogus"]);
+        assert!(effects.banned);
+        let (verdict, _) = admit(&gate, &store, "/api", &[], &[TXID]);
+        assert!(
+            matches!(verdict, Verdict::Reject { rejection: Rejection::ClientBanned { retry_after_secs: 600 }, .. }),
+            "{verdict:?}"
+        );
+        assert_eq!(admit(&gate, &store, "/free", &[], &[]).0, Verdict::Free, "free routes stay open");
+    }
+
+    #[test]
+    fn discounts_lower_the_price_asked_and_checked() {
+        let (gate, store) = gate(json!({"discounts": [{"name": "v2", "percent": 25, "header": {"name": "x-policy"}}]}));
+        let (verdict, _) = admit(&gate, &store, "/api", &[("x-policy", "1")], &[]);
+        assert!(matches!(verdict, Verdict::Reject { policy: Some(Policy { price_sats: 750, .. }), .. }));
+        let (paid, _) = verify(&gate, &store, &[("x-policy", "1")], &found(750, Some(100)));
+        assert!(matches!(&paid, Verdict::Allow { discount: Some(d), .. } if d == "v2:25"), "{paid:?}");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_payment");
+    }
 }
