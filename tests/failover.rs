@@ -146,3 +146,17 @@ fn hostile_header_values_get_clear_answers_and_the_vm_survives() {
     assert_eq!(stack.paid_get("/api/a", &txid).status, 200, "still serving");
     assert_vm_alive(&stack, created);
 }
+
+#[test]
+fn an_explorer_cluster_missing_from_envoy_is_an_explorer_failure_not_a_crash() {
+    let stack = Stack::with_plugin(json!({
+        "explorers": [{"cluster": "no-such-cluster", "authority": "x"}, {"cluster": "explorer0", "authority": "explorer.local", "path_prefix": "/api"}]
+    }));
+    let txid = stack.paid_and_mined(1000);
+    assert_eq!(stack.paid_get("/api/a", &txid).status, 200, "the second explorer is a real cluster");
+    assert!(stack.envoy_logged("cannot call explorer cluster \"no-such-cluster\""), "{}", stack.envoy_log());
+    let alone = Stack::with_plugin(json!({"explorers": [{"cluster": "no-such-cluster", "authority": "x"}]}));
+    let reply = alone.paid_get("/api/a", &txid);
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "explorer_unavailable");
+}

@@ -272,6 +272,18 @@ impl Stack {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
+    /// Waits (up to 5 s: Envoy flushes its log file periodically) for a line containing `text`.
+    pub fn envoy_logged(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.envoy_log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     fn call(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
         let mut builder = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
@@ -463,7 +475,7 @@ pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, 
         .arg("-c")
         .arg(&config)
         .args(["--concurrency", &concurrency.to_string(), "--use-dynamic-base-id", "--disable-hot-restart"])
-        .args(["-l", "warning", "--component-log-level", "wasm:info"])
+        .args(["-l", "warning", "--component-log-level", "wasm:info", "--file-flush-interval-msec", "100"])
         .arg("--admin-address-path")
         .arg(&admin_file)
         .arg("--log-path")
