@@ -96,8 +96,7 @@ pub fn parse_tx(status: u16, body: &[u8], asked: &Txid, pay_to: &[String]) -> Re
     check_status_and_size(status, body.len())?;
     let raw: RawTx = serde_json::from_slice(body).map_err(|e| ExplorerError::Malformed(e.to_string()))?;
     if !raw.txid.eq_ignore_ascii_case(asked.as_str()) {
-        let mut shown = raw.txid;
-        shown.truncate(64);
+        let shown: String = raw.txid.chars().take(64).collect();
         return Err(ExplorerError::WrongTxid(shown));
     }
     let mut paid_sats: u64 = 0;
@@ -125,8 +124,7 @@ pub fn parse_tip_height(status: u16, body: &[u8]) -> Result<u64, ExplorerError> 
     let text = std::str::from_utf8(body).map_err(|_| ExplorerError::Malformed("tip height is not text".to_string()))?;
     let text = text.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        let mut shown = text.to_string();
-        shown.truncate(32);
+        let shown: String = text.chars().take(32).collect();
         return Err(ExplorerError::Malformed(format!("tip height {shown:?} is not a number")));
     }
     text.parse::<u64>().map_err(|_| ExplorerError::Malformed("tip height is out of range".to_string()))

@@ -24,5 +24,8 @@ pub mod rejection;
 pub mod store;
 pub mod txid;
 
+#[cfg(test)]
+mod regressions;
+
 #[cfg(target_family = "wasm")]
 mod filter;
