@@ -19,8 +19,8 @@ const TIP_KEY: &str = "txgate/tip";
 pub enum PaymentState {
     /// In a block: the facts never change (barring a reorg deeper than the cache's life).
     Confirmed { paid_sats: u64, block: BlockPlace },
-    /// In the mempool; good until `expires_ms`, then asked again.
-    Unconfirmed { paid_sats: u64 },
+    /// In the mempool when the tip was `seen_at_tip`; good until `expires_ms` or a newer tip.
+    Unconfirmed { paid_sats: u64, seen_at_tip: u64 },
     /// The explorer did not know it; good until `expires_ms`.
     NotFound,
 }
@@ -53,7 +53,7 @@ impl PaymentRecord {
     pub fn facts(&self) -> Option<TxFacts> {
         match self.state {
             PaymentState::Confirmed { paid_sats, block } => Some(TxFacts { paid_sats, block: Some(block) }),
-            PaymentState::Unconfirmed { paid_sats } => Some(TxFacts { paid_sats, block: None }),
+            PaymentState::Unconfirmed { paid_sats, .. } => Some(TxFacts { paid_sats, block: None }),
             PaymentState::NotFound => None,
         }
     }
@@ -62,7 +62,7 @@ impl PaymentRecord {
         let mut out = Vec::with_capacity(RECORD_LEN);
         let (kind, paid, height, time) = match self.state {
             PaymentState::Confirmed { paid_sats, block } => (1, paid_sats, block.height, block.time),
-            PaymentState::Unconfirmed { paid_sats } => (2, paid_sats, 0, 0),
+            PaymentState::Unconfirmed { paid_sats, seen_at_tip } => (2, paid_sats, seen_at_tip, 0),
             PaymentState::NotFound => (3, 0, 0, 0),
         };
         out.push(VERSION);
@@ -85,7 +85,7 @@ impl PaymentRecord {
         let (paid_sats, height, time) = (r.u64()?, r.u64()?, r.u64()?);
         let state = match kind {
             1 => PaymentState::Confirmed { paid_sats, block: BlockPlace { height, time } },
-            2 => PaymentState::Unconfirmed { paid_sats },
+            2 => PaymentState::Unconfirmed { paid_sats, seen_at_tip: height },
             3 => PaymentState::NotFound,
             _ => return None,
         };
@@ -254,7 +254,8 @@ mod tests {
 
     #[test]
     fn records_round_trip_in_a_fixed_size() {
-        for state in [confirmed(5), PaymentState::Unconfirmed { paid_sats: 9 }, PaymentState::NotFound] {
+        for state in [confirmed(5), PaymentState::Unconfirmed { paid_sats: 9, seen_at_tip: 3 }, PaymentState::NotFound]
+        {
             let mut r = PaymentRecord::new(txid(1, 2), state, 77, 66);
             r.used = 3;
             r.first_used = 4;
@@ -313,7 +314,8 @@ mod tests {
         let table = PaymentTable::new(8);
         table.create(&store);
         let t = txid(5, 6);
-        let slot = table.put(&store, &t, PaymentState::Unconfirmed { paid_sats: 1000 }, 100, 1).unwrap();
+        let slot =
+            table.put(&store, &t, PaymentState::Unconfirmed { paid_sats: 1000, seen_at_tip: 0 }, 100, 1).unwrap();
         update(&store, &PaymentTable::key(slot), |b| {
             let mut r = PaymentRecord::decode(b).unwrap();
             r.used = 7;

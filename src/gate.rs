@@ -155,6 +155,12 @@ impl Gate {
                 let tip = read_tip(store);
                 let tip_fresh =
                     tip.is_some_and(|(_, at)| facts.now_ms < at.saturating_add(duration_ms(self.config.cache.tip_ttl)));
+                // A mempool answer holds only until a new block may have taken the payment.
+                if let PaymentState::Unconfirmed { seen_at_tip, .. } = record.state {
+                    if !tip_fresh || tip.is_some_and(|(height, _)| height > seen_at_tip) {
+                        return (Verdict::Lookup(ticket), Effects::default());
+                    }
+                }
                 let known = Known { tip: tip.map(|(h, _)| h), tip_fresh, from_cache: true };
                 self.judge(store, ticket, slot, &record, known, facts.now_ms)
             }
@@ -183,7 +189,9 @@ impl Gate {
             Ok(TxLookup::Found(facts)) => match facts.block {
                 Some(block) => (PaymentState::Confirmed { paid_sats: facts.paid_sats, block }, 0),
                 None => {
-                    (PaymentState::Unconfirmed { paid_sats: facts.paid_sats }, ttl(self.config.cache.unconfirmed_ttl))
+                    let seen_at_tip = result.tip.or_else(|| self.shared_tip(store)).unwrap_or(0);
+                    let state = PaymentState::Unconfirmed { paid_sats: facts.paid_sats, seen_at_tip };
+                    (state, ttl(self.config.cache.unconfirmed_ttl))
                 }
             },
             Err(_) => return None,
@@ -443,6 +451,9 @@ mod tests {
         let (gate, store) = gate(json!({"cache": {"unconfirmed_ttl": "30s"}}));
         assert_eq!(code(&verify(&gate, &store, &[], &found(1000, None)).0), "insufficient_confirmations");
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_confirmations");
+        // A newer block may hold it now: ask again, without waiting for unconfirmed_ttl.
+        crate::cache::write_tip(&store, 111, NOW_MS).unwrap();
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "lookup");
     }
 
     #[test]

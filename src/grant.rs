@@ -93,7 +93,7 @@ mod tests {
         let store = MemoryStore::default();
         let table = PaymentTable::new(4);
         table.create(&store);
-        let slot = table.put(&store, &T, PaymentState::Unconfirmed { paid_sats: 1 }, 0, 0).unwrap();
+        let slot = table.put(&store, &T, PaymentState::Unconfirmed { paid_sats: 1, seen_at_tip: 0 }, 0, 0).unwrap();
         (store, slot)
     }
 

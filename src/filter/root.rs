@@ -147,8 +147,15 @@ impl FilterRoot {
                 if let Some(b) = v.breakers.get_mut(explorer) {
                     b.success();
                 }
-                let confirmed = matches!(&lookup, TxLookup::Found(f) if f.block.is_some());
-                if confirmed && (v.tip_in_flight || gate.tip_needed(&HostStore, now_ms)) {
+                // A block above the shared tip proves that tip old: read it again.
+                let block_height = match &lookup {
+                    TxLookup::Found(f) => f.block.map(|b| b.height),
+                    TxLookup::NotFound => None,
+                };
+                let tip_old = |height: u64| {
+                    gate.tip_needed(&HostStore, now_ms) || gate.shared_tip(&HostStore).is_none_or(|tip| tip < height)
+                };
+                if block_height.is_some_and(|h| v.tip_in_flight || tip_old(h)) {
                     if let Some(l) = v.lookups.get_mut(&txid) {
                         l.tx = Some(Ok(lookup));
                     }
