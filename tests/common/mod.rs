@@ -408,6 +408,10 @@ impl Stack {
         Reply { status, headers, body }
     }
 
+    pub fn reset_explorer_stats(&self, explorer: usize) {
+        self.control(explorer, "POST", "/control/stats/reset", None);
+    }
+
     /// Esplora calls the explorer instance has received so far.
     pub fn explorer_calls(&self, explorer: usize) -> u64 {
         self.control(explorer, "GET", "/control/stats", None)["total"].as_u64().expect("total")
