@@ -378,6 +378,12 @@ mod tests {
         gate.admit(store, &facts, &values)
     }
 
+    /// A paid request for TXID on /api at another time.
+    fn admit_at(gate: &Gate, store: &MemoryStore, now_ms: u64) -> Verdict {
+        let facts = RequestFacts { path: "/api", headers: &[], principal: None, source_address: None, now_ms };
+        gate.admit(store, &facts, &[TXID.as_bytes()]).0
+    }
+
     fn ticket_of(v: Verdict) -> Ticket {
         match v {
             Verdict::Lookup(t) => t,
@@ -435,15 +441,7 @@ mod tests {
         let result = LookupResult { tx: Ok(TxLookup::NotFound), tip: None };
         assert_eq!(code(&verify(&gate, &store, &[], &result).0), "tx_not_found");
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "tx_not_found");
-        let headers = headers(&[]);
-        let later = RequestFacts {
-            path: "/api",
-            headers: &headers,
-            principal: None,
-            source_address: None,
-            now_ms: NOW_MS + 10_000,
-        };
-        assert_eq!(code(&gate.admit(&store, &later, &[TXID.as_bytes()]).0), "lookup");
+        assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 10_000)), "lookup");
     }
 
     #[test]
@@ -462,15 +460,7 @@ mod tests {
         let mut result = found(1000, Some(100));
         result.tip = Some(101);
         assert_eq!(code(&verify(&gate, &store, &[], &result).0), "insufficient_confirmations");
-        let headers = headers(&[]);
-        let later = RequestFacts {
-            path: "/api",
-            headers: &headers,
-            principal: None,
-            source_address: None,
-            now_ms: NOW_MS + 5_000,
-        };
-        assert_eq!(code(&gate.admit(&store, &later, &[TXID.as_bytes()]).0), "lookup");
+        assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 5_000)), "lookup");
     }
 
     #[test]

@@ -52,17 +52,22 @@ impl FilterRoot {
         })
     }
 
-    /// Sends the transaction call to the first usable explorer from `from` on.
-    fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
+    /// Sends `path` to the first usable explorer from `from` on, skipping open circuits and
+    /// explorers the host refuses; returns the call's token and the explorer's index.
+    fn dispatch_with_failover(
+        &self,
+        gate: &Gate,
+        v: &mut Verifier,
+        from: usize,
+        path: &str,
+        now_ms: u64,
+    ) -> Option<(u32, usize)> {
         let mut next =
             if from == 0 { first_explorer(&v.breakers, now_ms) } else { next_explorer(&v.breakers, from, now_ms) };
         while let Some(explorer) = next {
             self.count(Counter::ExplorerCalls);
-            match Self::dispatch(gate, explorer, &format!("/tx/{txid}")) {
-                Ok(token) => {
-                    v.calls.insert(token, Call::Tx { txid, explorer });
-                    return;
-                }
+            match Self::dispatch(gate, explorer, path) {
+                Ok(token) => return Some((token, explorer)),
                 Err(_) => {
                     self.count(Counter::ExplorerErrors);
                     self.explorer_failed(gate, v, explorer, now_ms);
@@ -70,32 +75,26 @@ impl FilterRoot {
                 }
             }
         }
-        done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None }));
+        None
+    }
+
+    fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
+        match self.dispatch_with_failover(gate, v, from, &format!("/tx/{txid}"), now_ms) {
+            Some((token, explorer)) => {
+                v.calls.insert(token, Call::Tx { txid, explorer });
+            }
+            None => done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None })),
+        }
     }
 
     fn dispatch_tip(&self, gate: &Gate, v: &mut Verifier, from: usize, now_ms: u64, done: &mut Finished) {
-        let mut next =
-            if from == 0 { first_explorer(&v.breakers, now_ms) } else { next_explorer(&v.breakers, from, now_ms) };
-        while let Some(explorer) = next {
-            self.count(Counter::ExplorerCalls);
-            match Self::dispatch(gate, explorer, "/blocks/tip/height") {
-                Ok(token) => {
-                    v.calls.insert(token, Call::Tip { explorer });
-                    v.tip_in_flight = true;
-                    return;
-                }
-                Err(_) => {
-                    self.count(Counter::ExplorerErrors);
-                    self.explorer_failed(gate, v, explorer, now_ms);
-                    next = next_explorer(&v.breakers, explorer.saturating_add(1), now_ms);
-                }
+        match self.dispatch_with_failover(gate, v, from, "/blocks/tip/height", now_ms) {
+            Some((token, explorer)) => {
+                v.calls.insert(token, Call::Tip { explorer });
+                v.tip_in_flight = true;
             }
-        }
-        // No explorer can tell the tip: whoever waits for it is decided without one.
-        v.tip_in_flight = false;
-        for txid in v.waiting_for_tip() {
-            let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take());
-            done.push((txid, LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip: None }));
+            // No explorer can tell the tip: whoever waits for it is decided without one.
+            None => release_tip_waiters(v, None, done),
         }
     }
 
@@ -185,13 +184,7 @@ impl FilterRoot {
                     b.success();
                 }
                 let _ = crate::cache::write_tip(&HostStore, height, now_ms);
-                for txid in v.waiting_for_tip() {
-                    let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take());
-                    done.push((
-                        txid,
-                        LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip: Some(height) },
-                    ));
-                }
+                release_tip_waiters(v, Some(height), done);
             }
             Err(error) => {
                 self.count(Counter::ExplorerErrors);
@@ -228,6 +221,15 @@ impl FilterRoot {
                 host::carry_out(context_id, gate, metrics, &verdict, true);
             }
         }
+    }
+}
+
+/// Finishes every lookup that had its transaction answer and waited only for the tip.
+fn release_tip_waiters(v: &mut Verifier, tip: Option<u64>, done: &mut Finished) {
+    v.tip_in_flight = false;
+    for txid in v.waiting_for_tip() {
+        let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take());
+        done.push((txid, LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip }));
     }
 }
 
