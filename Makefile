@@ -122,3 +122,30 @@ istio-validate: $(SCHEMA_DIR)/node_modules/.stamp
 
 deploy-check: wasm .tools/deploy.stamp $(SCHEMA_DIR)/node_modules/.stamp
 	scripts/check-deploy-artifacts.sh $(WASM) $(OCI_LAYOUT) $(IMAGE_TAG)
+
+# --- benchmarks (issue 6) ---
+# Envoy alone vs Envoy + do-nothing reference wasm filter vs Envoy + txgate, same config, same run.
+# Not part of `make test` (noisy); bench-smoke is (a few hundred requests per scenario, status codes).
+BENCH_REF_DIR := bench/reference-filter
+BENCH_REF_TARGET := target/bench-reference
+BENCH_REF_WASM := $(BENCH_REF_TARGET)/$(WASM_TARGET)/release/txgate_bench_reference.wasm
+BENCH_ARGS ?=
+
+.PHONY: bench bench-smoke bench-reference
+
+.tools/wrk.stamp:
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+	mkdir -p .tools && touch $@
+
+bench-reference: .tools/rust.stamp
+	cargo build --release --target $(WASM_TARGET) --manifest-path $(BENCH_REF_DIR)/Cargo.toml \
+	  --target-dir $(BENCH_REF_TARGET)
+
+# Full run (~7 minutes): BENCHMARKS.md, bench/results/results.json and bench/results/ratios.svg.
+bench: tools wasm devnet bench-reference .tools/wrk.stamp
+	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/bench.py $(BENCH_ARGS)
+
+# A few hundred requests per scenario; fails unless every scenario answers the expected status codes.
+bench-smoke: tools wasm devnet bench-reference .tools/wrk.stamp
+	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/bench.py --smoke $(BENCH_ARGS)

