@@ -261,7 +261,12 @@ impl Gate {
         let Known { tip, tip_fresh, from_cache } = known;
         match decide(&ticket.policy, &facts, tip, now_ms / 1000) {
             Decision::Paid(receipt) => {
-                let used = self.config.grant.consume(store, slot, &record.txid, ticket.bind_id, now_ms / 1000);
+                // Nothing to count or bind: skip the read-modify-write on the hot path.
+                let used = if self.config.grant.is_unlimited() && ticket.bind_id.is_none() {
+                    Ok(Use::Granted { remaining: None })
+                } else {
+                    self.config.grant.consume(store, slot, &record.txid, ticket.bind_id, now_ms / 1000)
+                };
                 match used {
                     Ok(Use::Granted { .. }) => (allow(ticket, receipt, from_cache), Effects::default()),
                     Ok(Use::Exhausted) => {
