@@ -123,6 +123,47 @@ istio-validate: $(SCHEMA_DIR)/node_modules/.stamp
 deploy-check: wasm .tools/deploy.stamp $(SCHEMA_DIR)/node_modules/.stamp
 	scripts/check-deploy-artifacts.sh $(WASM) $(OCI_LAYOUT) $(IMAGE_TAG)
 
+# --- fuzzing (issue 5) ---
+# cargo-fuzz (libFuzzer + AddressSanitizer) on the pure parsers. cargo-fuzz needs nightly flags;
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Each target runs FUZZ_SECONDS from the
+# committed seeds in fuzz/corpus/<target>/, new inputs are added there, then the corpus is
+# minimised (cmin). A crash stops that target, leaves fuzz/artifacts/<target>/crash-*, and makes
+# `make fuzz` fail after the other targets have run. Not part of `make test`. See fuzz/README.md.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config txid explorer_tx explorer_tip records
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := .tools/bin/cargo-fuzz
+FUZZ_ENV := RUSTC_BOOTSTRAP=1
+
+.PHONY: fuzz fuzz-build fuzz-cmin
+
+$(CARGO_FUZZ):
+	cargo install --root .tools cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+fuzz-build: $(CARGO_FUZZ)
+	cd fuzz && $(FUZZ_ENV) ../$(CARGO_FUZZ) build
+
+fuzz-cmin: fuzz-build
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  $(FUZZ_ENV) ../$(CARGO_FUZZ) cmin $$t corpus/$$t >/dev/null 2>&1 || exit 1; \
+	  echo "corpus/$$t: $$(ls corpus/$$t | wc -l) files, $$(cat corpus/$$t/* | wc -c) bytes"; done
+
+fuzz: fuzz-build
+	@mkdir -p target/fuzz-logs; failed=""; summary=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  dict=""; case $$t in config|explorer_tx) dict="-dict=dict/json.dict";; esac; \
+	  echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  ( cd fuzz && $(FUZZ_ENV) ../$(CARGO_FUZZ) run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	      -print_final_stats=1 $$dict ) > target/fuzz-logs/$$t.log 2>&1 || failed="$$failed $$t"; \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' target/fuzz-logs/$$t.log | tail -1); \
+	  secs=$$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' target/fuzz-logs/$$t.log | tail -1); \
+	  summary="$$summary$$(printf '%-13s %6ss %12s execs' $$t "$${secs:-?}" "$${runs:-?}")\n"; \
+	  grep -E "panicked at|SUMMARY|^Done" target/fuzz-logs/$$t.log | head -3; \
+	done; \
+	printf "$$summary"; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (fuzz/artifacts/, logs in target/fuzz-logs/)"; exit 1; fi
+	@$(MAKE) --no-print-directory fuzz-cmin
+
 # --- benchmarks (issue 6) ---
 # Envoy alone vs Envoy + do-nothing reference wasm filter vs Envoy + txgate, same config, same run.
 # Not part of `make test` (noisy); bench-smoke is (a few hundred requests per scenario, status codes).
