@@ -159,7 +159,7 @@ def wasm_filter_yaml(name, wasm, config_json):
 """
 
 
-def envoy_yaml(variant, upstream_port, explorer_port, plugin):
+def envoy_yaml(variant, upstream_port, explorer_port, plugin, reference_ops=""):
     """One listener config for every variant; only the wasm filter in front of the router differs."""
     if variant == "upstream":
         route = '{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}'
@@ -168,7 +168,7 @@ def envoy_yaml(variant, upstream_port, explorer_port, plugin):
     else:
         route = '{match: {prefix: "/"}, route: {cluster: upstream}}'
         filters = {"envoy": "",
-                   "reference": wasm_filter_yaml("reference", REFERENCE_WASM, ""),
+                   "reference": wasm_filter_yaml("reference", REFERENCE_WASM, reference_ops),
                    "txgate": wasm_filter_yaml("txgate", TXGATE_WASM, plugin)}[variant]
         clusters = cluster_yaml("upstream", upstream_port) + cluster_yaml("explorer", explorer_port)
     return f"""static_resources:
@@ -350,7 +350,8 @@ def busy(before, after):
 
 def wrk(url, conns, duration_s, cpus, work, value=None, values=None, limit=0, extra_env=None):
     env = dict(os.environ, BENCH_HEADER="", BENCH_VALUE="", BENCH_VALUES="", BENCH_LIMIT=str(limit),
-               BENCH_PATH_PREFIX="", **(extra_env or {}))
+               BENCH_PATH_PREFIX="")
+    env.update(extra_env or {})
     if value is not None:
         env.update(BENCH_HEADER=HEADER, BENCH_VALUE=value)
     if values is not None:
@@ -431,10 +432,11 @@ def main():
     ap.add_argument("--duration", type=int, default=3, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per scenario and variant")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (one wrk thread)")
-    ap.add_argument("--cold-requests", type=int, default=400, help="requests per cold run (each a new txid)")
+    ap.add_argument("--cold-requests", type=int, default=300, help="requests per cold run (each a new txid)")
     ap.add_argument("--config", default=str(BENCH / "txgate-config.json"), help="txgate plugin config (JSON)")
     ap.add_argument("--only", help="comma-separated scenario names")
     ap.add_argument("--out", help="results directory (default bench/results, smoke: target/bench/smoke)")
+    ap.add_argument("--profile-reps", type=int, default=3, help="repetitions of the host-call profile (0: skip)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = ap.parse_args()
 
@@ -514,14 +516,13 @@ def main():
             if args.smoke or cold:
                 duration = 20  # an upper bound: the request count ends the run
             if variant == "txgate":
-                http("POST", f"{explorer_url}/control/stats/reset", {})
+                st0 = json.loads(http("GET", f"{explorer_url}/control/stats")[1])
             hits0 = e.stat("txgate_cache_hits") if variant == "txgate" else None
             r = wrk(f"http://127.0.0.1:{e.port}{s['path']}", args.connections, duration, cpu_load, work,
                     value=value, values=values_for(s, variant), limit=limit)
             if variant == "txgate":
                 st = json.loads(http("GET", f"{explorer_url}/control/stats")[1])
-                r["explorer"] = {"total": st["total"], "tx": st["tx"], "tip": st["tip"],
-                                 "distinct_tx": sum(1 for p in st.get("by_path", {}) if "/tx/" in p)}
+                r["explorer"] = {k: st[k] - st0[k] for k in ("total", "tx", "tip")}
                 hits1 = e.stat("txgate_cache_hits")
                 r["cache_hits"] = (hits1 - hits0) if hits0 is not None and hits1 is not None else None
             expect = s["expect"] if variant == "txgate" else {200}
@@ -536,6 +537,9 @@ def main():
 
         for s in scenarios:
             log(f"scenario {s['name']}: {s['title']}")
+            # Explorer calls over the whole scenario (warm-up included: floods get banned early).
+            http("POST", f"{explorer_url}/control/stats/reset", {})
+            t_scenario = time.time()
             if args.warmup:
                 for v in VARIANTS:
                     one_run(s, v, measured=False)
@@ -544,7 +548,10 @@ def main():
                 order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # rotate: no variant always goes first
                 for v in order:
                     runs[v].append(one_run(s, v, measured=True))
-            summary = {}
+            st = json.loads(http("GET", f"{explorer_url}/control/stats")[1])
+            summary = {"explorer_scenario": {
+                "seconds": round(time.time() - t_scenario, 1), "total": st["total"], "tx": st["tx"], "tip": st["tip"],
+                "distinct_tx": sum(1 for p in st.get("by_path", {}) if "/tx/" in p)}}
             for v in VARIANTS:
                 rs = runs[v]
                 summary[v] = {
@@ -559,7 +566,6 @@ def main():
                 }
                 if v == "txgate":
                     summary[v]["explorer"] = {k: sum(r["explorer"][k] for r in rs) for k in rs[0]["explorer"]}
-                    summary[v]["explorer_max_distinct_tx"] = max(r["explorer"]["distinct_tx"] for r in rs)
                     hits = [r["cache_hits"] for r in rs]
                     summary[v]["cache_hits"] = None if None in hits else sum(hits)
                     summary[v]["run_seconds"] = statistics.median(r["duration_us"] / 1e6 for r in rs)
@@ -577,6 +583,9 @@ def main():
                 + f"; explorer calls {summary['txgate']['explorer']['total']}")
 
         results["memory_after"] = {v: e.memory() for v, e in envoys.items()}
+        if not args.smoke and not args.only and args.profile_reps:
+            results["profile"] = run_profile(procs, work, upstream, explorer_port, plugin, warm_txid, args,
+                                             cpu_envoy, cpu_load)
         results["envoys_alive"] = all(e.proc.poll() is None for e in envoys.values())
         if not results["envoys_alive"]:
             failures.append("an Envoy under test exited")
@@ -603,6 +612,39 @@ def main():
         return 1
     log("smoke: every scenario answered with the expected status codes" if args.smoke else "done")
     return 0
+
+
+PROFILE_OPS = ["", "all_headers", "all_headers,metric", "all_headers,metric,time,shared_get",
+               "all_headers,metric,time,shared_get,add_headers"]
+
+
+def run_profile(procs, work, upstream, explorer_port, plugin, warm_txid, args, cpu_envoy, cpu_load):
+    """Cost model of txgate's paid-warm and free paths: the reference filter plus, one kind at a time,
+    the host calls txgate makes, next to txgate itself (paid warm and free route), interleaved."""
+    log("profile: reference filter + txgate's host calls, one kind at a time")
+    envoys = {ops or "reference": Envoy(procs, work, f"profile{i}", envoy_yaml("reference", upstream.port,
+                                                                             explorer_port, plugin, ops), cpu_envoy)
+              for i, ops in enumerate(PROFILE_OPS)}
+    envoys["txgate"] = Envoy(procs, work, "profile-txgate", envoy_yaml("txgate", upstream.port, explorer_port,
+                                                                       plugin), cpu_envoy)
+    cases = [(name, "/api/data") for name in envoys] + [("txgate free route", "/free/data")]
+    runs = {c[0]: [] for c in cases}
+    for rep in range(args.profile_reps + 1):
+        for name, path in cases[rep % len(cases):] + cases[:rep % len(cases)]:
+            e = envoys["txgate" if name.startswith("txgate") else name]
+            r = wrk(f"http://127.0.0.1:{e.port}{path}", args.connections, 1 if rep == 0 else args.duration,
+                    cpu_load, work, value=warm_txid)
+            if rep:  # rep 0 is the warm-up
+                runs[name].append(r)
+    base = statistics.median(r["rps"] for r in runs["reference"])
+    out = []
+    for name, _ in cases:
+        rps = statistics.median(r["rps"] for r in runs[name])
+        out.append({"variant": name, "rps": rps, "vs_reference": rps / base,
+                    "us_per_request_over_reference": (1e6 / rps - 1e6 / base),
+                    "p99_us": statistics.median(r["p99_us"] for r in runs[name])})
+        log(f"  {name:50} {rps:8.0f} rps  {rps / base:.2f}x  {1e6 / rps - 1e6 / base:+.1f} us/request")
+    return out
 
 
 def explorer_latency(explorer_url, txids, args, cpus, work):
@@ -645,18 +687,20 @@ def targets(results):
                         r["txgate_vs_reference"] >= 0.95))
     if "flood_bogus" in sc:
         t = sc["flood_bogus"]["txgate"]
+        x = sc["flood_bogus"]["explorer_scenario"]
         ttl = 10.0
         try:
             from_cfg = results["config"].get("cache", {}).get("not_found_ttl", "10s")
             ttl = float(from_cfg[:-1]) * {"s": 1, "m": 60, "h": 3600}[from_cfg[-1]]
         except (ValueError, KeyError, TypeError):
             pass
-        periods = max(1, -(-t["run_seconds"] // ttl))
+        periods = max(1, -(-x["seconds"] // ttl))
         allowed = BOGUS_DISTINCT * periods
-        per_run_tx = t["explorer"]["tx"] / max(1, len(t["runs"]))
-        out.append((f"flood: <= 1 explorer tx call per distinct txid per not_found_ttl ({BOGUS_DISTINCT} txids,"
-                    f" {t['run_seconds']:.0f}s run: <= {allowed:.0f})", f"{per_run_tx:.0f} per run",
-                    per_run_tx <= allowed))
+        out.append((f"flood: <= 1 explorer tx call per distinct txid per not_found_ttl ({BOGUS_DISTINCT} txids, "
+                    f"{ttl:.0f}s ttl, scenario of {x['seconds']:.0f}s incl. warm-up: <= {allowed:.0f})",
+                    f"{x['tx']} tx calls ({x['distinct_tx']} distinct) for "
+                    f"{t['requests'] + 0:,} measured requests; statuses "
+                    + ", ".join(f"{k}×{n}" for k, n in sorted(t["statuses"].items())), x["tx"] <= allowed))
         out.append(("flood: Envoy stays up", "up" if results.get("envoys_alive") else "DOWN",
                     bool(results.get("envoys_alive"))))
     size = results.get("wasm_bytes", {}).get("txgate", 0)
@@ -700,11 +744,12 @@ def markdown(results, svg_rel):
     for name, s in sc.items():
         e, r, t, q = s["envoy"], s["reference"], s["txgate"], s["ratios"]
         calls = t["explorer"]["total"]
+        calls_all = s["explorer_scenario"]["total"]
         statuses = ", ".join(f"{k}×{n}" for k, n in sorted(t["statuses"].items()))
         L.append(f"| {s['title']} | {fmt_rps(e['rps'])} | {fmt_rps(r['rps'])} | {fmt_rps(t['rps'])} "
                  f"| **{q['txgate_vs_envoy']:.2f}** | **{q['txgate_vs_reference']:.2f}** "
                  f"| {e['p50_us']} / {r['p50_us']} / {t['p50_us']} | {e['p99_us']} / {r['p99_us']} / {t['p99_us']} "
-                 f"| {statuses} | {calls} ({calls / max(1, t['requests']):.2f}) |")
+                 f"| {statuses} | {calls} ({calls / max(1, t['requests']):.2f}); {calls_all} with warm-up |")
     L += ["", "Reference filter vs Envoy alone (the fixed price of entering the V8 VM): "
           + ", ".join(f"{n} {s['ratios']['reference_vs_envoy']:.2f}x" for n, s in sc.items()) + ".", ""]
     ex = results.get("explorer_latency")
@@ -726,6 +771,17 @@ def markdown(results, svg_rel):
         L.append(f"| {tg['target']} | {tg['measured']} | {'yes' if tg['met'] else '**no**'} |")
     if results.get("failures"):
         L += ["", "Status-code or liveness failures in this run:", ""] + [f"- {x}" for x in results["failures"]]
+    prof = results.get("profile")
+    if prof:
+        L += ["", "## Where the time goes (host-call profile)", "",
+              "The reference filter again, each row adding the kinds of host calls txgate makes on a request "
+              "(`bench/reference-filter` reads them from its plugin config), next to txgate itself; same "
+              "request as \"paid, warm\", CPU time per request of the one Envoy worker. "
+              "`us/request over reference` = 1/rps - 1/rps(reference).", "",
+              "| filter | req/s | vs reference | µs/request over reference | p99 µs |", "|---|---:|---:|---:|---:|"]
+        for p in prof:
+            L.append(f"| {p['variant']} | {fmt_rps(p['rps'])} | {p['vs_reference']:.2f} "
+                     f"| {p['us_per_request_over_reference']:+.1f} | {p['p99_us']} |")
     L += ["", "## Memory and size", "",
           "| variant | RSS idle | RSS after | heap allocated after (admin `/memory`) |", "|---|---:|---:|---:|"]
     for v in VARIANTS:
