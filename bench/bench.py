@@ -438,7 +438,16 @@ def main():
     ap.add_argument("--out", help="results directory (default bench/results, smoke: target/bench/smoke)")
     ap.add_argument("--profile-reps", type=int, default=3, help="repetitions of the host-call profile (0: skip)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite BENCHMARKS.md and the plot from bench/results/results.json")
     args = ap.parse_args()
+    if args.render:
+        results = json.loads((BENCH / "results/results.json").read_text())
+        svg = BENCH / "results/ratios.svg"
+        svg.write_text(plot_svg(results))
+        (ROOT / "BENCHMARKS.md").write_text(markdown(results, svg.relative_to(ROOT)))
+        log("wrote BENCHMARKS.md and bench/results/ratios.svg")
+        return 0
 
     if args.smoke:
         args.reps, args.warmup, args.cold_requests = 1, 0, 150
@@ -782,6 +791,9 @@ def markdown(results, svg_rel):
         for p in prof:
             L.append(f"| {p['variant']} | {fmt_rps(p['rps'])} | {p['vs_reference']:.2f} "
                      f"| {p['us_per_request_over_reference']:+.1f} | {p['p99_us']} |")
+    analysis = BENCH / "analysis.md"
+    if analysis.exists():
+        L += ["", "## Analysis", "", analysis.read_text().strip()]
     L += ["", "## Memory and size", "",
           "| variant | RSS idle | RSS after | heap allocated after (admin `/memory`) |", "|---|---:|---:|---:|"]
     for v in VARIANTS:
