@@ -8,10 +8,14 @@ use crate::discount::{self, ClientFacts};
 use crate::esplora::{ExplorerError, TxLookup};
 use crate::grant::Use;
 use crate::identity::{identity_hash, strip_port, IdentitySource};
+use crate::memo::LocalMemo;
 use crate::payment::{decide, Decision, Receipt};
 use crate::rejection::Rejection;
 use crate::store::SharedStore;
 use crate::txid::Txid;
+
+/// Confirmed payments each worker keeps a copy of (about 150 bytes each).
+const MEMO_CAPACITY: usize = 4096;
 
 /// What the glue read from the host for one request.
 pub struct RequestFacts<'a> {
@@ -86,12 +90,14 @@ pub struct Effects {
 pub struct Gate {
     pub config: Config,
     pub payments: PaymentTable,
+    memo: LocalMemo,
 }
 
 impl Gate {
     pub fn new(config: Config) -> Gate {
         let payments = PaymentTable::new(config.cache.max_entries);
-        Gate { config, payments }
+        let memo = LocalMemo::new(config.cache.max_entries.min(MEMO_CAPACITY));
+        Gate { config, payments, memo }
     }
 
     /// Creates every shared-data slot before traffic (see `cache`).
@@ -150,9 +156,21 @@ impl Gate {
         let bind_id = config.bind_to.as_ref().map(|source| facts.identity(source));
         let ticket = Ticket { txid, policy, discount, bind_id, client_id };
         let raw = txid_bytes(&ticket.txid);
-        match self.payments.find(store, &raw) {
+        // Nothing counted or bound: a confirmed payment's shared record never changes.
+        let immutable = self.config.grant.is_unlimited() && self.config.bind_to.is_none();
+        let found = match self.memo.payment(&raw).filter(|_| immutable) {
+            Some(hit) => Some(hit),
+            None => {
+                let found = self.payments.find(store, &raw);
+                if let (Some((slot, record)), true) = (&found, immutable) {
+                    self.memo.keep_payment(*slot, record);
+                }
+                found
+            }
+        };
+        match found {
             Some((slot, record)) if record.is_fresh(facts.now_ms) => {
-                let tip = read_tip(store);
+                let tip = self.memo.tip(store, facts.now_ms);
                 let tip_fresh =
                     tip.is_some_and(|(_, at)| facts.now_ms < at.saturating_add(duration_ms(self.config.cache.tip_ttl)));
                 // A mempool answer holds only until a new block may have taken the payment.
@@ -168,6 +186,12 @@ impl Gate {
         }
     }
 
+    /// A tip height just read from an explorer, shared with every worker.
+    pub fn record_tip(&self, store: &dyn SharedStore, height: u64, now_ms: u64) {
+        let _ = write_tip(store, height, now_ms);
+        self.memo.forget_tip();
+    }
+
     /// Whether a lookup should also read the tip (the shared one is missing or stale).
     pub fn tip_needed(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
         read_tip(store).is_none_or(|(_, at)| now_ms >= at.saturating_add(duration_ms(self.config.cache.tip_ttl)))
@@ -181,7 +205,7 @@ impl Gate {
     /// Stores an explorer answer in the shared cache; returns the slot it went to.
     pub fn remember(&self, store: &dyn SharedStore, txid: &Txid, result: &LookupResult, now_ms: u64) -> Option<usize> {
         if let Some(height) = result.tip {
-            let _ = write_tip(store, height, now_ms);
+            self.record_tip(store, height, now_ms);
         }
         let ttl = |d: std::time::Duration| now_ms.saturating_add(duration_ms(d)).max(1);
         let (state, expires) = match &result.tx {
@@ -441,6 +465,21 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_request_reads_no_shared_data_when_nothing_is_counted() {
+        let (gate, store) = gate(json!({}));
+        verify(&gate, &store, &[], &found(1000, Some(100)));
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "allow");
+        let reads = store.gets.get();
+        assert!(matches!(admit(&gate, &store, "/api", &[], &[TXID]).0, Verdict::Allow { from_cache: true, .. }));
+        assert_eq!(store.gets.get(), reads, "served from the worker's copy");
+        let (counted, store) = self::gate(json!({"grant": {"requests": 5}}));
+        verify(&counted, &store, &[], &found(1000, Some(100)));
+        let reads = store.gets.get();
+        admit(&counted, &store, "/api", &[], &[TXID]);
+        assert!(store.gets.get() > reads, "a counted grant always asks the shared record");
+    }
+
+    #[test]
     fn negative_answers_are_cached_until_their_ttl() {
         let (gate, store) = gate(json!({"cache": {"not_found_ttl": "10s"}}));
         let result = LookupResult { tx: Ok(TxLookup::NotFound), tip: None };
@@ -454,9 +493,10 @@ mod tests {
         let (gate, store) = gate(json!({"cache": {"unconfirmed_ttl": "30s"}}));
         assert_eq!(code(&verify(&gate, &store, &[], &found(1000, None)).0), "insufficient_confirmations");
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_confirmations");
-        // A newer block may hold it now: ask again, without waiting for unconfirmed_ttl.
+        // Another worker saw a newer block: once this worker's copy of the tip is refreshed (at
+        // most a second later) the payment is asked about again, without waiting for unconfirmed_ttl.
         crate::cache::write_tip(&store, 111, NOW_MS).unwrap();
-        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "lookup");
+        assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 1_000)), "lookup");
     }
 
     #[test]

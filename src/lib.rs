@@ -16,6 +16,7 @@ pub mod esplora;
 pub mod gate;
 pub mod grant;
 pub mod identity;
+pub mod memo;
 pub mod metrics;
 pub mod payment;
 pub mod penalty;

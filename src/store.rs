@@ -79,6 +79,8 @@ pub mod memory {
         next_cas: Cell<u32>,
         /// Simulates other workers: before each `set`, this many foreign writes bump the version.
         pub interfering_writes: Cell<u32>,
+        /// Reads so far, to check what the warm path costs.
+        pub gets: Cell<u32>,
     }
 
     impl MemoryStore {
@@ -93,6 +95,7 @@ pub mod memory {
 
     impl SharedStore for MemoryStore {
         fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.gets.set(self.gets.get() + 1);
             self.map.borrow().get(key).cloned()
         }
 

@@ -145,47 +145,63 @@ pub fn add_request_header(context_id: u32, name: &str, value: &str) {
     }
 }
 
-/// Carries out a verdict on the current (effective) context. Returns whether the request may go
-/// on; `resume` says whether it was paused and must be resumed explicitly.
-pub fn carry_out(context_id: u32, gate: &Gate, metrics: &Metrics, verdict: &Verdict, resume: bool) -> bool {
-    let go_on = match verdict {
-        Verdict::Free => {
-            metrics.count(Counter::Free);
-            true
-        }
-        Verdict::Allow { txid, receipt, discount, from_cache } => {
-            add_request_header(context_id, "x-txgate-txid", txid.as_str());
-            add_request_header(context_id, "x-txgate-paid-sats", &receipt.paid_sats.to_string());
-            add_request_header(context_id, "x-txgate-confirmations", &receipt.confirmations.to_string());
+/// The headers a forwarded request carries to the API for this verdict.
+pub fn forwarded_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
+    match verdict {
+        Verdict::Allow { txid, receipt, discount, .. } => {
+            let mut headers = vec![
+                ("x-txgate-txid", txid.to_string()),
+                ("x-txgate-paid-sats", receipt.paid_sats.to_string()),
+                ("x-txgate-confirmations", receipt.confirmations.to_string()),
+            ];
             if let Some(discount) = discount {
-                add_request_header(context_id, "x-txgate-discount", discount);
+                headers.push(("x-txgate-discount", discount.clone()));
             }
+            headers
+        }
+        Verdict::AllowUnverified => vec![("x-txgate-unverified", "explorer_unavailable".to_string())],
+        _ => Vec::new(),
+    }
+}
+
+/// Counts a verdict that lets the request go on.
+pub fn count_forwarded(context_id: u32, metrics: &Metrics, verdict: &Verdict) {
+    match verdict {
+        Verdict::Free => metrics.count(Counter::Free),
+        Verdict::Allow { from_cache, .. } => {
             metrics.count(Counter::Allowed);
             if *from_cache {
                 metrics.count(Counter::CacheHits);
             }
-            true
         }
         Verdict::AllowUnverified => {
             log::warn!(
                 "#{context_id} txgate: explorer unavailable, request let through unverified (failure_mode open)"
             );
-            add_request_header(context_id, "x-txgate-unverified", "explorer_unavailable");
             metrics.count(Counter::FailedOpen);
-            true
         }
-        Verdict::Reject { rejection, policy } => {
-            send_rejection(context_id, gate, metrics, rejection, policy.as_ref());
-            false
+        _ => {}
+    }
+}
+
+/// Carries out the verdict on a paused request from the root context (after
+/// `set_effective_context`): adds the headers and resumes it, or sends the rejection.
+pub fn carry_out_paused(context_id: u32, gate: &Gate, metrics: &Metrics, verdict: &Verdict) {
+    match verdict {
+        Verdict::Reject { rejection, policy } => send_rejection(context_id, gate, metrics, rejection, policy.as_ref()),
+        Verdict::Lookup(ticket) => {
+            send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&ticket.policy));
         }
-        Verdict::Lookup(_) => false,
-    };
-    if go_on && resume {
-        if let Err(status) = hostcalls::resume_http_request() {
-            log::error!("#{context_id} txgate: resuming the request failed: {status:?}");
+        Verdict::Free | Verdict::Allow { .. } | Verdict::AllowUnverified => {
+            for (name, value) in forwarded_headers(verdict) {
+                add_request_header(context_id, name, &value);
+            }
+            count_forwarded(context_id, metrics, verdict);
+            if let Err(status) = hostcalls::resume_http_request() {
+                log::error!("#{context_id} txgate: resuming the request failed: {status:?}");
+            }
         }
     }
-    go_on
 }
 
 pub fn count_effects(metrics: &Metrics, effects: Effects) {

@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, MapType};
 use super::host::{self, HostStore, Metrics};
 use super::root::arm_tick;
 use super::verifier::{Enqueued, Verifier};
+use crate::config::AccessRef;
 use crate::gate::{Gate, RequestFacts, Verdict};
 use crate::identity::IdentitySource;
 use crate::metrics::{Counter, RejectionKind};
@@ -40,25 +41,23 @@ impl PaymentCheck {
                 return self.refuse(gate, Rejection::Internal);
             }
         };
-        let mut forged: Vec<&str> = Vec::new();
+        let config = &gate.config;
+        let mut forged = false;
         let mut path = "";
         let mut txids: Vec<&[u8]> = Vec::new();
         for (name, value) in &headers {
             if name == ":path" {
                 path = std::str::from_utf8(value).unwrap_or("");
-            } else if *name == gate.config.header {
+            } else if *name == config.header {
                 txids.push(value);
-            } else if name.starts_with(OWN_HEADER_PREFIX) && !forged.contains(&name.as_str()) {
-                forged.push(name);
+            } else if name.starts_with(OWN_HEADER_PREFIX) {
+                forged = true;
             }
         }
-        for name in forged {
-            if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-                log::error!("#{} txgate: removing client header {name} failed: {status:?}", self.id);
-                return self.refuse(gate, Rejection::Internal);
-            }
+        // A free route needs nothing else from the host: no identity, no clock, no shared data.
+        if config.access_for(path) == AccessRef::Free {
+            return self.forward(gate, &headers, forged, &Verdict::Free);
         }
-        let config = &gate.config;
         let uses = |source: &IdentitySource| {
             config.bind_to.as_ref() == Some(source) || config.penalty.as_ref().is_some_and(|p| &p.identity == source)
         };
@@ -78,13 +77,18 @@ impl PaymentCheck {
         };
         let (verdict, effects) = gate.admit(&HostStore, &facts, &txids);
         host::count_effects(&self.metrics, effects);
-        let Verdict::Lookup(ticket) = verdict else {
-            return if host::carry_out(self.id, gate, &self.metrics, &verdict, false) {
-                Action::Continue
-            } else {
-                Action::Pause
-            };
+        let ticket = match verdict {
+            Verdict::Lookup(ticket) => ticket,
+            Verdict::Reject { rejection, policy } => {
+                host::send_rejection(self.id, gate, &self.metrics, &rejection, policy.as_ref());
+                return Action::Pause;
+            }
+            forwarded => return self.forward(gate, &headers, forged, &forwarded),
         };
+        // The request will go on later, from the root context: drop forged headers now.
+        if forged && !self.remove_forged(&headers) {
+            return self.refuse(gate, Rejection::Internal);
+        }
         let Ok(mut v) = self.verifier.try_borrow_mut() else {
             return self.refuse(gate, Rejection::VerificationBusy);
         };
@@ -106,6 +110,44 @@ impl PaymentCheck {
         }
         self.waiting = true;
         Action::Pause
+    }
+
+    /// Lets the request go on now, with forged `x-txgate-*` headers dropped and ours added. With
+    /// headers to change, the whole map is written back in one host call instead of one per header.
+    fn forward(&self, gate: &Gate, headers: &[(String, Vec<u8>)], forged: bool, verdict: &Verdict) -> Action {
+        let ours = host::forwarded_headers(verdict);
+        if !forged {
+            for (name, value) in &ours {
+                host::add_request_header(self.id, name, value);
+            }
+        } else {
+            let mut map: Vec<(&str, &[u8])> = headers
+                .iter()
+                .filter(|(name, _)| !name.starts_with(OWN_HEADER_PREFIX))
+                .map(|(name, value)| (name.as_str(), value.as_slice()))
+                .collect();
+            map.extend(ours.iter().map(|(name, value)| (*name, value.as_bytes())));
+            if let Err(status) = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, map) {
+                log::error!("#{} txgate: writing request headers failed: {status:?}", self.id);
+                return self.refuse(gate, Rejection::Internal);
+            }
+        }
+        host::count_forwarded(self.id, &self.metrics, verdict);
+        Action::Continue
+    }
+
+    fn remove_forged(&self, headers: &[(String, Vec<u8>)]) -> bool {
+        let mut removed: Vec<&str> = Vec::new();
+        for (name, _) in headers {
+            if name.starts_with(OWN_HEADER_PREFIX) && !removed.contains(&name.as_str()) {
+                if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+                    log::error!("#{} txgate: removing client header {name} failed: {status:?}", self.id);
+                    return false;
+                }
+                removed.push(name);
+            }
+        }
+        true
     }
 
     fn refuse(&self, gate: &Gate, rejection: Rejection) -> Action {

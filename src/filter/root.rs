@@ -15,9 +15,8 @@ use super::verifier::{Call, Verifier};
 use crate::breaker::{first_explorer, next_explorer, Breaker};
 use crate::config::Config;
 use crate::esplora::{self, ExplorerError, TxLookup, MAX_BODY_BYTES};
-use crate::gate::{Gate, LookupResult, Verdict};
+use crate::gate::{Gate, LookupResult};
 use crate::metrics::Counter;
-use crate::rejection::Rejection;
 use crate::txid::Txid;
 
 /// The tick only starts dispatches, so it runs as soon as the host allows and only while
@@ -183,7 +182,7 @@ impl FilterRoot {
                 if let Some(b) = v.breakers.get_mut(explorer) {
                     b.success();
                 }
-                let _ = crate::cache::write_tip(&HostStore, height, now_ms);
+                gate.record_tip(&HostStore, height, now_ms);
                 release_tip_waiters(v, Some(height), done);
             }
             Err(error) => {
@@ -212,13 +211,7 @@ impl FilterRoot {
                 if hostcalls::set_effective_context(context_id).is_err() {
                     continue;
                 }
-                let verdict = match verdict {
-                    Verdict::Lookup(ticket) => {
-                        Verdict::Reject { rejection: Rejection::VerificationBusy, policy: Some(ticket.policy) }
-                    }
-                    other => other,
-                };
-                host::carry_out(context_id, gate, metrics, &verdict, true);
+                host::carry_out_paused(context_id, gate, metrics, &verdict);
             }
         }
     }
