@@ -31,7 +31,13 @@ $(ENVOY):
 	rustup component add clippy rustfmt
 	mkdir -p .tools && touch $@
 
-tools: $(ENVOY) .tools/rust.stamp
+# The mTLS test makes certificates with openssl and talks TLS with curl.
+.tools/system.stamp:
+	@command -v openssl >/dev/null && command -v curl >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl curl; }
+	mkdir -p .tools && touch $@
+
+tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp
 
 wasm: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) -p txgate --lib

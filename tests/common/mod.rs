@@ -85,11 +85,13 @@ pub struct StackOptions {
     pub concurrency: usize,
     /// Point the explorer cluster at a port where nothing listens.
     pub dead_explorer: bool,
+    /// Serve the API over TLS requiring client certificates: a folder with ca.pem, server.pem, server.key.
+    pub mtls_dir: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { plugin: json!({}), explorers: 1, concurrency: 1, dead_explorer: false }
+        StackOptions { plugin: json!({}), explorers: 1, concurrency: 1, dead_explorer: false, mtls_dir: None }
     }
 }
 
@@ -198,6 +200,28 @@ fn cluster_yaml(name: &str, port: u16) -> String {
     )
 }
 
+/// The listener's TLS: server certificate, and client certificates required and checked.
+fn mtls_transport_socket(dir: &Path) -> String {
+    let file = |name: &str| dir.join(name).display().to_string();
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: "{}"}}
+              private_key: {{filename: "{}"}}
+            validation_context:
+              trusted_ca: {{filename: "{}"}}
+"#,
+        file("server.pem"),
+        file("server.key"),
+        file("ca.pem")
+    )
+}
+
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
 pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
@@ -243,7 +267,10 @@ impl Stack {
         let cluster_ports: Vec<u16> =
             if options.dead_explorer { vec![unused_port(); options.explorers] } else { explorer_ports.clone() };
         let plugin = plugin_config(options.explorers, &options.plugin);
-        let yaml = envoy_yaml(&plugin, api_ports[0], &cluster_ports, &wasm_path());
+        let mut yaml = envoy_yaml(&plugin, api_ports[0], &cluster_ports, &wasm_path());
+        if let Some(dir) = &options.mtls_dir {
+            yaml = yaml.replacen("  clusters:\n", &format!("{}  clusters:\n", mtls_transport_socket(dir)), 1);
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -305,6 +332,22 @@ impl Stack {
             .collect();
         let body = response.body_mut().read_to_string().unwrap_or_default();
         Reply { status, headers, body }
+    }
+
+    /// A request over mTLS with the client certificate `<client>.pem` from the stack's mTLS folder
+    /// (curl: the HTTP client used elsewhere here is built without TLS).
+    pub fn get_mtls(&self, dir: &Path, client: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-w", "\n%{http_code}", "--cacert"]).arg(dir.join("ca.pem"));
+        cmd.arg("--cert").arg(dir.join(format!("{client}.pem"))).arg("--key").arg(dir.join(format!("{client}.key")));
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        cmd.arg(format!("https://127.0.0.1:{}{path}", self.listener_port));
+        let out = cmd.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        Reply { status: status.trim().parse().unwrap_or(0), headers: Vec::new(), body: body.to_string() }
     }
 
     /// A request through Envoy (and so through txgate).
