@@ -22,19 +22,7 @@ fn assert_vm_alive(stack: &Stack, created_before: u64) {
 fn every_explorer_fault_fails_over_to_the_next_explorer() {
     let stack = two_explorers(json!({"timeout": "1s"}));
     let created = stack.stat("wasm.envoy.wasm.runtime.v8.created");
-    let faults = [
-        json!({"mode": "status_500"}),
-        json!({"mode": "status_502"}),
-        json!({"mode": "status_429"}),
-        json!({"mode": "delay", "delay_ms": 1500}),
-        json!({"mode": "reset"}),
-        json!({"mode": "truncated_json"}),
-        json!({"mode": "html_error"}),
-        json!({"mode": "huge_body"}),
-        json!({"mode": "wrong_txid"}),
-        json!({"mode": "negative_values"}),
-        json!({"mode": "huge_values"}),
-    ];
+    let faults = common::explorer_faults();
     let txids: Vec<String> = faults.iter().map(|_| stack.pay(1000)).collect();
     stack.mine(1);
     for (fault, txid) in faults.iter().zip(&txids) {

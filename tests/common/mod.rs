@@ -222,6 +222,24 @@ fn mtls_transport_socket(dir: &Path) -> String {
     )
 }
 
+/// Every way the devnet explorer can misbehave on a transaction lookup (see devnet/src/faults.rs),
+/// each of which must make the explorer's answer unusable.
+pub fn explorer_faults() -> Vec<Value> {
+    vec![
+        json!({"mode": "status_500"}),
+        json!({"mode": "status_502"}),
+        json!({"mode": "status_429"}),
+        json!({"mode": "delay", "delay_ms": 1500}),
+        json!({"mode": "reset"}),
+        json!({"mode": "truncated_json"}),
+        json!({"mode": "html_error"}),
+        json!({"mode": "huge_body"}),
+        json!({"mode": "wrong_txid"}),
+        json!({"mode": "negative_values"}),
+        json!({"mode": "huge_values"}),
+    ]
+}
+
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
 pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
@@ -234,6 +252,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    fn from_response(response: &mut ureq::http::Response<ureq::Body>) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -324,14 +353,7 @@ impl Stack {
         };
         let mut response =
             result.unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nenvoy log:\n{}", self.envoy_log()));
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        Reply { status, headers, body }
+        Reply::from_response(&mut response)
     }
 
     /// A request over mTLS with the client certificate `<client>.pem` from the stack's mTLS folder
@@ -441,14 +463,7 @@ impl Stack {
             builder = builder.header(*k, *v);
         }
         let mut response = agent.run(builder.body(()).expect("request")).expect("request through Envoy");
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        Reply { status, headers, body }
+        Reply::from_response(&mut response)
     }
 
     pub fn reset_explorer_stats(&self, explorer: usize) {
