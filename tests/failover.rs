@@ -148,3 +148,17 @@ fn an_explorer_cluster_missing_from_envoy_is_an_explorer_failure_not_a_crash() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"], "explorer_unavailable");
 }
+
+#[test]
+fn a_later_explorer_only_gets_what_is_left_of_the_deadline() {
+    let stack = two_explorers(json!({"timeout": "1s", "deadline": "1500ms"}));
+    let txid = stack.paid_and_mined(1000);
+    stack.set_fault(0, json!({"mode": "delay", "delay_ms": 1300}));
+    // Within the full 1 s timeout this would answer; within the 0.5 s left of the deadline it cannot.
+    stack.set_fault(1, json!({"mode": "delay", "delay_ms": 800}));
+    let reply = stack.paid_get("/api/a", &txid);
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(stack.explorer_stats(1)["tx"], 1, "the second explorer was tried");
+    stack.set_fault(1, json!({"mode": "none"}));
+    assert_eq!(stack.paid_get("/api/a", &txid).status, 200);
+}

@@ -34,7 +34,7 @@ pub struct FilterRoot {
 type Finished = Vec<(Txid, LookupResult)>;
 
 impl FilterRoot {
-    fn dispatch(gate: &Gate, explorer: usize, path: &str) -> Result<u32, ExplorerError> {
+    fn dispatch(gate: &Gate, explorer: usize, path: &str, timeout: Duration) -> Result<u32, ExplorerError> {
         let e = gate.config.explorers.get(explorer).ok_or(ExplorerError::NoResponse)?;
         let full_path = format!("{}{path}", e.path_prefix);
         let headers = vec![
@@ -44,7 +44,7 @@ impl FilterRoot {
             ("accept", "application/json"),
             ("user-agent", concat!("txgate/", env!("CARGO_PKG_VERSION"))),
         ];
-        hostcalls::dispatch_http_call(&e.cluster, headers, None, vec![], gate.config.timeout).map_err(|status| {
+        hostcalls::dispatch_http_call(&e.cluster, headers, None, vec![], timeout).map_err(|status| {
             // Unknown cluster or missing pseudo-header: a deployment mistake, worth an error line.
             log::error!("txgate: cannot call explorer cluster {:?}: {status:?}", e.cluster);
             ExplorerError::NoResponse
@@ -59,13 +59,14 @@ impl FilterRoot {
         v: &mut Verifier,
         from: usize,
         path: &str,
+        timeout: Duration,
         now_ms: u64,
     ) -> Option<(u32, usize)> {
         let mut next =
             if from == 0 { first_explorer(&v.breakers, now_ms) } else { next_explorer(&v.breakers, from, now_ms) };
         while let Some(explorer) = next {
             self.count(Counter::ExplorerCalls);
-            match Self::dispatch(gate, explorer, path) {
+            match Self::dispatch(gate, explorer, path, timeout) {
                 Ok(token) => return Some((token, explorer)),
                 Err(_) => {
                     self.count(Counter::ExplorerErrors);
@@ -78,7 +79,13 @@ impl FilterRoot {
     }
 
     fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
-        match self.dispatch_with_failover(gate, v, from, &format!("/tx/{txid}"), now_ms) {
+        // Later explorers get what is left of the deadline, so the whole lookup stays within it.
+        let timeout = v.lookups.get(&txid).map_or(gate.config.timeout, |l| {
+            let deadline = u64::try_from(gate.config.deadline.as_millis()).unwrap_or(u64::MAX);
+            let left = l.started_ms.saturating_add(deadline).saturating_sub(now_ms).max(1);
+            gate.config.timeout.min(Duration::from_millis(left))
+        });
+        match self.dispatch_with_failover(gate, v, from, &format!("/tx/{txid}"), timeout, now_ms) {
             Some((token, explorer)) => {
                 v.calls.insert(token, Call::Tx { txid, explorer });
             }
@@ -87,7 +94,7 @@ impl FilterRoot {
     }
 
     fn dispatch_tip(&self, gate: &Gate, v: &mut Verifier, from: usize, now_ms: u64, done: &mut Finished) {
-        match self.dispatch_with_failover(gate, v, from, "/blocks/tip/height", now_ms) {
+        match self.dispatch_with_failover(gate, v, from, "/blocks/tip/height", gate.config.timeout, now_ms) {
             Some((token, explorer)) => {
                 v.calls.insert(token, Call::Tip { explorer });
                 v.tip_in_flight = true;
