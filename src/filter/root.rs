@@ -23,6 +23,9 @@ use crate::txid::Txid;
 /// lookups are pending.
 const DISPATCH_TICK: Duration = Duration::from_millis(1);
 
+/// Below this much time left of the deadline, another explorer could not answer anyway.
+const MIN_FAILOVER_BUDGET_MS: u64 = 100;
+
 #[derive(Default)]
 pub struct FilterRoot {
     gate: Option<Rc<Gate>>,
@@ -122,9 +125,12 @@ impl FilterRoot {
         }
     }
 
+    /// Whether enough of the deadline is left to ask another explorer.
     fn within_deadline(gate: &Gate, v: &Verifier, txid: &Txid, now_ms: u64) -> bool {
         let deadline = u64::try_from(gate.config.deadline.as_millis()).unwrap_or(u64::MAX);
-        v.lookups.get(txid).is_some_and(|l| now_ms < l.started_ms.saturating_add(deadline))
+        v.lookups
+            .get(txid)
+            .is_some_and(|l| now_ms.saturating_add(MIN_FAILOVER_BUDGET_MS) < l.started_ms.saturating_add(deadline))
     }
 
     fn on_tx_answer(
