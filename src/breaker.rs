@@ -2,6 +2,7 @@
 //! cool-down, then given one trial request again.
 
 use crate::config::BreakerConfig;
+use crate::duration::millis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Breaker {
@@ -23,8 +24,7 @@ impl Breaker {
         self.failures = self.failures.saturating_add(1);
         if self.failures >= config.failures {
             self.failures = 0;
-            let cool_down = u64::try_from(config.cool_down.as_millis()).unwrap_or(u64::MAX);
-            self.open_until_ms = now_ms.saturating_add(cool_down);
+            self.open_until_ms = now_ms.saturating_add(millis(config.cool_down));
             return true;
         }
         false

@@ -5,6 +5,7 @@
 use crate::cache::{read_tip, txid_bytes, write_tip, PaymentRecord, PaymentState, PaymentTable};
 use crate::config::{AccessRef, Config, FailureMode, Policy};
 use crate::discount::{self, ClientFacts};
+use crate::duration::millis;
 use crate::esplora::{ExplorerError, TxLookup};
 use crate::grant::Use;
 use crate::identity::{identity_hash, strip_port, IdentitySource};
@@ -171,8 +172,7 @@ impl Gate {
         match found {
             Some((slot, record)) if record.is_fresh(facts.now_ms) => {
                 let tip = self.memo.tip(store, facts.now_ms);
-                let tip_fresh =
-                    tip.is_some_and(|(_, at)| facts.now_ms < at.saturating_add(duration_ms(self.config.cache.tip_ttl)));
+                let tip_fresh = tip.is_some_and(|(_, at)| self.tip_read_recently(at, facts.now_ms));
                 // A mempool answer holds only until a new block may have taken the payment.
                 if let PaymentState::Unconfirmed { seen_at_tip, .. } = record.state {
                     if !tip_fresh || tip.is_some_and(|(height, _)| height > seen_at_tip) {
@@ -194,7 +194,12 @@ impl Gate {
 
     /// Whether a lookup should also read the tip (the shared one is missing or stale).
     pub fn tip_needed(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
-        read_tip(store).is_none_or(|(_, at)| now_ms >= at.saturating_add(duration_ms(self.config.cache.tip_ttl)))
+        !read_tip(store).is_some_and(|(_, at)| self.tip_read_recently(at, now_ms))
+    }
+
+    /// A tip read at `at` is trusted for counting confirmations until `cache.tip_ttl` has passed.
+    fn tip_read_recently(&self, at: u64, now_ms: u64) -> bool {
+        now_ms < at.saturating_add(millis(self.config.cache.tip_ttl))
     }
 
     /// The best tip height known to every worker.
@@ -207,7 +212,7 @@ impl Gate {
         if let Some(height) = result.tip {
             self.record_tip(store, height, now_ms);
         }
-        let ttl = |d: std::time::Duration| now_ms.saturating_add(duration_ms(d)).max(1);
+        let ttl = |d: std::time::Duration| now_ms.saturating_add(millis(d)).max(1);
         let (state, expires) = match &result.tx {
             Ok(TxLookup::NotFound) => (PaymentState::NotFound, ttl(self.config.cache.not_found_ttl)),
             Ok(TxLookup::Found(facts)) => match facts.block {
@@ -358,10 +363,6 @@ fn allow(ticket: Ticket, receipt: Receipt, from_cache: bool) -> Verdict {
 
 fn reject(rejection: Rejection, policy: Policy) -> (Verdict, Effects) {
     (Verdict::Reject { rejection, policy: Some(policy) }, Effects::default())
-}
-
-fn duration_ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Policy;
+use crate::duration::millis;
 use crate::gate::{Effects, Gate, Verdict};
 use crate::metrics::Counter;
 use crate::rejection::Rejection;
@@ -91,10 +92,7 @@ pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn now_unix_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, millis)
 }
 
 /// Proxy-Wasm shared data (one map per `vm_id`, shared by every worker).

@@ -14,6 +14,7 @@ use super::payment_check::PaymentCheck;
 use super::verifier::{Call, Verifier};
 use crate::breaker::{first_explorer, next_explorer, Breaker};
 use crate::config::Config;
+use crate::duration::millis;
 use crate::esplora::{self, ExplorerError, TxLookup, MAX_BODY_BYTES};
 use crate::gate::{Gate, LookupResult};
 use crate::metrics::Counter;
@@ -83,10 +84,8 @@ impl FilterRoot {
 
     fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
         // Later explorers get what is left of the deadline, so the whole lookup stays within it.
-        let timeout = v.lookups.get(&txid).map_or(gate.config.timeout, |l| {
-            let deadline = u64::try_from(gate.config.deadline.as_millis()).unwrap_or(u64::MAX);
-            let left = l.started_ms.saturating_add(deadline).saturating_sub(now_ms).max(1);
-            gate.config.timeout.min(Duration::from_millis(left))
+        let timeout = Self::deadline_at(gate, v, &txid).map_or(gate.config.timeout, |end| {
+            gate.config.timeout.min(Duration::from_millis(end.saturating_sub(now_ms).max(1)))
         });
         match self.dispatch_with_failover(gate, v, from, &format!("/tx/{txid}"), timeout, now_ms) {
             Some((token, explorer)) => {
@@ -125,12 +124,14 @@ impl FilterRoot {
         }
     }
 
+    /// When the lookup of `txid` must be over (unix ms).
+    fn deadline_at(gate: &Gate, v: &Verifier, txid: &Txid) -> Option<u64> {
+        v.lookups.get(txid).map(|l| l.started_ms.saturating_add(millis(gate.config.deadline)))
+    }
+
     /// Whether enough of the deadline is left to ask another explorer.
     fn within_deadline(gate: &Gate, v: &Verifier, txid: &Txid, now_ms: u64) -> bool {
-        let deadline = u64::try_from(gate.config.deadline.as_millis()).unwrap_or(u64::MAX);
-        v.lookups
-            .get(txid)
-            .is_some_and(|l| now_ms.saturating_add(MIN_FAILOVER_BUDGET_MS) < l.started_ms.saturating_add(deadline))
+        Self::deadline_at(gate, v, txid).is_some_and(|end| now_ms.saturating_add(MIN_FAILOVER_BUDGET_MS) < end)
     }
 
     fn on_tx_answer(
