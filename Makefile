@@ -136,7 +136,7 @@ deploy-check: wasm .tools/deploy.stamp $(SCHEMA_DIR)/node_modules/.stamp
 # minimised (cmin). A crash stops that target, leaves fuzz/artifacts/<target>/crash-*, and makes
 # `make fuzz` fail after the other targets have run. Not part of `make test`. See fuzz/README.md.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= config txid explorer_tx explorer_tip records
+FUZZ_TARGETS ?= config txid explorer_tx explorer_tip records path
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_ENV := RUSTC_BOOTSTRAP=1

@@ -1,19 +1,28 @@
 //! The verified-payment cache in shared data, seen by every worker of the `vm_id`.
 //!
-//! Shared data has no delete and no expiry, so the cache is a fixed table of `slots` keys created
-//! at configuration time (`txgate/p/<n>`). A txid may live in one of two slots chosen from its own
-//! bytes (two-choice hashing); a new txid takes an empty or expired slot, else evicts the less
-//! valuable entry (negative before positive, then the older). Memory is therefore bounded by
-//! `slots × (key + RECORD_LEN)` whatever clients send, and every write is a compare-and-swap on a
-//! key that already exists.
+//! Shared data has no delete and no expiry, so the cache is two fixed tables of `slots` keys
+//! created at configuration time under the configuration's scope (see `scope`):
+//! - `<scope>p/<n>`: payments that pay at least the lowest price anyone is asked, confirmed or in
+//!   the mempool. A record that holds a grant count, a window start or a binding is never evicted
+//!   while some route could still accept the payment: evicting it would hand back what it counts.
+//!   When both slots of a new payment hold such records, the payment is not stored (`Full`).
+//! - `<scope>n/<n>`: negative answers (unknown txids, transactions that pay us less than any
+//!   price). A flood of bogus txids only ever displaces other negative answers.
+//!
+//! A txid may live in one of two slots of a table, chosen by a hash keyed with a secret made per
+//! deployment (kept in shared data), so nobody can aim txids at a victim's slots. Memory is
+//! bounded by `2 × slots × (key + RECORD_LEN)` whatever clients send.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, DefaultHasher, Hasher};
 
 use crate::esplora::{BlockPlace, TxFacts};
 use crate::record::{put_u64, Reader};
 use crate::store::{update, SharedStore, UpdateError};
 
-pub const RECORD_LEN: usize = 1 + 1 + 32 + 8 * 8;
-const VERSION: u8 = 1;
-const TIP_KEY: &str = "txgate/tip";
+pub const RECORD_LEN: usize = 1 + 1 + 32 + 9 * 8;
+const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentState {
@@ -38,11 +47,13 @@ pub struct PaymentRecord {
     /// When a negative or mempool entry must be asked again; 0 = never.
     pub expires_ms: u64,
     pub stored_ms: u64,
+    /// Index of the explorer that answered: its own tip counts the confirmations.
+    pub explorer: u64,
 }
 
 impl PaymentRecord {
     pub fn new(txid: [u8; 32], state: PaymentState, expires_ms: u64, now_ms: u64) -> PaymentRecord {
-        PaymentRecord { txid, state, used: 0, first_used: 0, bound_to: 0, expires_ms, stored_ms: now_ms }
+        PaymentRecord { txid, state, used: 0, first_used: 0, bound_to: 0, expires_ms, stored_ms: now_ms, explorer: 0 }
     }
 
     pub fn is_fresh(&self, now_ms: u64) -> bool {
@@ -58,6 +69,11 @@ impl PaymentRecord {
         }
     }
 
+    /// Whether the record holds something a re-verification would hand back.
+    pub fn counts_something(&self) -> bool {
+        self.used != 0 || self.first_used != 0 || self.bound_to != 0
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(RECORD_LEN);
         let (kind, paid, height, time) = match self.state {
@@ -68,7 +84,17 @@ impl PaymentRecord {
         out.push(VERSION);
         out.push(kind);
         out.extend_from_slice(&self.txid);
-        for v in [paid, height, time, self.used, self.first_used, self.bound_to, self.expires_ms, self.stored_ms] {
+        for v in [
+            paid,
+            height,
+            time,
+            self.used,
+            self.first_used,
+            self.bound_to,
+            self.expires_ms,
+            self.stored_ms,
+            self.explorer,
+        ] {
             put_u64(&mut out, v);
         }
         out
@@ -76,6 +102,9 @@ impl PaymentRecord {
 
     /// `None` for an empty slot or bytes this version does not understand.
     pub fn decode(bytes: &[u8]) -> Option<PaymentRecord> {
+        if bytes.len() != RECORD_LEN {
+            return None;
+        }
         let mut r = Reader::new(bytes);
         if r.u8()? != VERSION {
             return None;
@@ -97,6 +126,7 @@ impl PaymentRecord {
             bound_to: r.u64()?,
             expires_ms: r.u64()?,
             stored_ms: r.u64()?,
+            explorer: r.u64()?,
         })
     }
 
@@ -110,6 +140,17 @@ impl PaymentRecord {
         };
         (rank, self.stored_ms)
     }
+
+    /// Whether no route could accept this payment any more (older than the longest max_age).
+    fn past_every_max_age(&self, longest_max_age_secs: Option<u64>, now_ms: u64) -> bool {
+        let Some(longest) = longest_max_age_secs else { return false };
+        let since = match self.state {
+            PaymentState::Confirmed { block, .. } => block.time,
+            // Not in a block yet: its max_age cannot have started; count from when it was seen.
+            PaymentState::Unconfirmed { .. } | PaymentState::NotFound => self.stored_ms / 1000,
+        };
+        since.saturating_add(longest) < now_ms / 1000
+    }
 }
 
 /// Raw txid bytes from its 64-hex display form.
@@ -119,44 +160,84 @@ pub fn txid_bytes(txid: &crate::txid::Txid) -> [u8; 32] {
     out
 }
 
+/// Why a payment could not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutError {
+    /// Both slots hold payments that still count something.
+    Full,
+    Store(UpdateError),
+}
+
+#[derive(Debug)]
 pub struct PaymentTable {
+    /// `<scope>p/` or `<scope>n/`.
+    prefix: String,
     slots: usize,
+    secret_key: String,
+    /// The deployment's slot secret as this worker last read it.
+    secret: Cell<[u8; 16]>,
+    /// The longest max_age of any route (`None`: some route keeps payments forever): a record
+    /// that counts something is kept at least that long.
+    keep_secs: Option<u64>,
 }
 
 impl PaymentTable {
-    pub fn new(slots: usize) -> PaymentTable {
-        PaymentTable { slots: slots.max(1) }
+    pub fn new(scope: &str, table: &str, slots: usize, keep_secs: Option<u64>) -> PaymentTable {
+        PaymentTable {
+            prefix: format!("{scope}{table}/"),
+            slots: slots.max(1),
+            secret_key: format!("{scope}slot-secret"),
+            secret: Cell::new([0; 16]),
+            keep_secs,
+        }
     }
 
     pub fn slots(&self) -> usize {
         self.slots
     }
 
-    pub fn key(slot: usize) -> String {
-        format!("txgate/p/{slot}")
+    pub fn key(&self, slot: usize) -> String {
+        format!("{}{slot}", self.prefix)
     }
 
-    /// Creates every slot and the tip key; run in `on_configure`, before traffic.
+    /// Creates every slot and the slot secret; run in `on_configure`, before traffic.
     pub fn create(&self, store: &dyn SharedStore) {
         for slot in 0..self.slots {
-            store.create_if_missing(&Self::key(slot), &[]);
+            store.create_if_missing(&self.key(slot), &[]);
         }
-        store.create_if_missing(TIP_KEY, &[]);
+        if store.get(&self.secret_key).is_none_or(|(v, _)| v.len() != 16) {
+            let random = RandomState::new();
+            let mut secret = Vec::with_capacity(16);
+            for part in [random.hash_one(1u8), random.hash_one(2u8)] {
+                put_u64(&mut secret, part);
+            }
+            let _ = store.set(&self.secret_key, &secret, 0);
+        }
+        self.refresh_secret(store);
     }
 
-    /// The two slots a txid may live in, from two independent parts of its (random) bytes.
-    pub fn candidates(&self, txid: &[u8; 32]) -> [usize; 2] {
-        let word = |at: usize| {
-            let mut raw = [0u8; 8];
-            if let Some(part) = txid.get(at..at.saturating_add(8)) {
-                raw.copy_from_slice(part);
+    /// Reads the shared secret again: two workers configuring at once may both have written one,
+    /// and every write to the table goes through here first, so no worker writes with a stale one.
+    fn refresh_secret(&self, store: &dyn SharedStore) {
+        if let Some((bytes, _)) = store.get(&self.secret_key) {
+            if let Ok(secret) = <[u8; 16]>::try_from(bytes.as_slice()) {
+                self.secret.set(secret);
             }
-            u64::from_le_bytes(raw)
+        }
+    }
+
+    /// The two slots a txid may live in, from a hash keyed with the deployment's secret.
+    pub fn candidates(&self, txid: &[u8; 32]) -> [usize; 2] {
+        let hash = |lane: u8| {
+            let mut h = DefaultHasher::new();
+            h.write(&self.secret.get());
+            h.write_u8(lane);
+            h.write(txid);
+            h.finish()
         };
         let n = self.slots as u64;
-        let a = word(0).checked_rem(n).unwrap_or(0);
-        let mut b = word(8).checked_rem(n).unwrap_or(0);
+        let a = hash(0).checked_rem(n).unwrap_or(0);
+        let mut b = hash(1).checked_rem(n).unwrap_or(0);
         if b == a && n > 1 {
             b = a.wrapping_add(1).checked_rem(n).unwrap_or(0);
         }
@@ -165,74 +246,118 @@ impl PaymentTable {
 
     pub fn find(&self, store: &dyn SharedStore, txid: &[u8; 32]) -> Option<(usize, PaymentRecord)> {
         self.candidates(txid).into_iter().find_map(|slot| {
-            let (bytes, _) = store.get(&Self::key(slot))?;
+            let (bytes, _) = store.get(&self.key(slot))?;
             let record = PaymentRecord::decode(&bytes)?;
             (record.txid == *txid).then_some((slot, record))
         })
     }
 
+    /// The record in `slot` if it is still `txid`'s.
+    pub fn at(&self, store: &dyn SharedStore, slot: usize, txid: &[u8; 32]) -> Option<PaymentRecord> {
+        let (bytes, _) = store.get(&self.key(slot))?;
+        PaymentRecord::decode(&bytes).filter(|r| r.txid == *txid)
+    }
+
     /// Stores what the explorer said, keeping the usage and binding of an earlier entry for the
-    /// same txid (so re-verifying a mempool payment does not reset its grant).
+    /// same txid (so re-verifying a mempool payment does not reset its grant). Never overwrites a
+    /// record that counts something for another txid.
     pub fn put(
         &self,
         store: &dyn SharedStore,
         txid: &[u8; 32],
         state: PaymentState,
         expires_ms: u64,
+        explorer: u64,
         now_ms: u64,
-    ) -> Result<usize, UpdateError> {
+    ) -> Result<usize, PutError> {
+        let longest_max_age_secs = self.keep_secs;
+        self.refresh_secret(store);
         let slot = match self.find(store, txid) {
             Some((slot, _)) => slot,
-            None => self.victim(store, txid, now_ms),
+            None => self.victim(store, txid, now_ms, longest_max_age_secs).ok_or(PutError::Full)?,
         };
-        update(store, &Self::key(slot), |bytes| {
+        let stored = update(store, &self.key(slot), |bytes| {
             let mut record = PaymentRecord::new(*txid, state, expires_ms, now_ms);
-            if let Some(old) = PaymentRecord::decode(bytes).filter(|old| old.txid == *txid) {
-                record.used = old.used;
-                record.first_used = old.first_used;
-                record.bound_to = old.bound_to;
+            record.explorer = explorer;
+            match PaymentRecord::decode(bytes) {
+                Some(old) if old.txid == *txid => {
+                    record.used = old.used;
+                    record.first_used = old.first_used;
+                    record.bound_to = old.bound_to;
+                }
+                // Another worker put a counted payment here since we chose the slot.
+                Some(old) if !evictable(&old, now_ms, longest_max_age_secs) => return (None, false),
+                _ => {}
             }
-            (Some(record.encode()), slot)
-        })
-    }
-
-    fn victim(&self, store: &dyn SharedStore, txid: &[u8; 32], now_ms: u64) -> usize {
-        let priority = |slot: usize| {
-            store
-                .get(&Self::key(slot))
-                .and_then(|(bytes, _)| PaymentRecord::decode(&bytes))
-                .map_or((0, 0), |r| r.keep_priority(now_ms))
-        };
-        let [a, b] = self.candidates(txid);
-        if priority(b) < priority(a) {
-            b
-        } else {
-            a
+            (Some(record.encode()), true)
+        });
+        match stored {
+            Ok(true) => Ok(slot),
+            Ok(false) => Err(PutError::Full),
+            Err(e) => Err(PutError::Store(e)),
         }
     }
+
+    /// The slot a new txid takes: the least valuable of its two that may be evicted at all.
+    fn victim(&self, store: &dyn SharedStore, txid: &[u8; 32], now_ms: u64, longest: Option<u64>) -> Option<usize> {
+        self.candidates(txid)
+            .into_iter()
+            .filter_map(|slot| {
+                let record = store.get(&self.key(slot)).and_then(|(bytes, _)| PaymentRecord::decode(&bytes));
+                match record {
+                    None => Some((slot, (0, 0))),
+                    Some(r) if evictable(&r, now_ms, longest) => Some((slot, r.keep_priority(now_ms))),
+                    Some(_) => None,
+                }
+            })
+            .min_by_key(|(_, priority)| *priority)
+            .map(|(slot, _)| slot)
+    }
 }
 
-/// The chain tip as last read by any worker: (height, unix ms when read).
-pub fn read_tip(store: &dyn SharedStore) -> Option<(u64, u64)> {
-    let (bytes, _) = store.get(TIP_KEY)?;
-    let mut r = Reader::new(&bytes);
-    Some((r.u64()?, r.u64()?))
+/// A record may give way unless it counts something a route could still accept.
+fn evictable(record: &PaymentRecord, now_ms: u64, longest_max_age_secs: Option<u64>) -> bool {
+    !record.counts_something() || record.past_every_max_age(longest_max_age_secs, now_ms)
 }
 
-/// Records a freshly read tip. A lower height than the stored one (an explorer behind the others)
-/// only refreshes the time, so confirmations never go backwards.
-pub fn write_tip(store: &dyn SharedStore, height: u64, now_ms: u64) -> Result<u64, UpdateError> {
-    update(store, TIP_KEY, |bytes| {
-        let mut r = Reader::new(bytes);
-        let best = match (r.u64(), r.u64()) {
-            (Some(old), Some(_)) => old.max(height),
-            _ => height,
-        };
-        let mut out = Vec::with_capacity(16);
-        put_u64(&mut out, best);
-        put_u64(&mut out, now_ms);
-        (Some(out), best)
-    })
+/// The tips of one scope's explorers: `<scope>tip/<explorer>` = (height, unix ms when read).
+pub struct Tips {
+    prefix: String,
+    explorers: usize,
+}
+
+impl Tips {
+    pub fn new(scope: &str, explorers: usize) -> Tips {
+        Tips { prefix: format!("{scope}tip/"), explorers }
+    }
+
+    fn key(&self, explorer: u64) -> String {
+        format!("{}{explorer}", self.prefix)
+    }
+
+    pub fn create(&self, store: &dyn SharedStore) {
+        for explorer in 0..self.explorers {
+            store.create_if_missing(&self.key(explorer as u64), &[]);
+        }
+    }
+
+    /// The tip `explorer` last told, as (height, read-at ms).
+    pub fn read(&self, store: &dyn SharedStore, explorer: u64) -> Option<(u64, u64)> {
+        let (bytes, _) = store.get(&self.key(explorer))?;
+        let mut r = Reader::new(&bytes);
+        Some((r.u64()?, r.u64()?))
+    }
+
+    /// Records what the explorer just said. It may be lower than before (a reorg, or a lagging
+    /// explorer behind a load balancer): the newest answer wins, never the highest.
+    pub fn write(&self, store: &dyn SharedStore, explorer: u64, height: u64, now_ms: u64) -> Result<(), UpdateError> {
+        update(store, &self.key(explorer), |_| {
+            let mut out = Vec::with_capacity(16);
+            put_u64(&mut out, height);
+            put_u64(&mut out, now_ms);
+            (Some(out), ())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -240,29 +365,53 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    fn txid(first: u8, second: u8) -> [u8; 32] {
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn txid(n: u32) -> [u8; 32] {
         let mut t = [0u8; 32];
-        t[0] = first;
-        t[8] = second;
+        t[..4].copy_from_slice(&n.to_le_bytes());
         t[31] = 0xee;
         t
     }
 
     fn confirmed(paid: u64) -> PaymentState {
-        PaymentState::Confirmed { paid_sats: paid, block: BlockPlace { height: 100, time: 1_700_000_000 } }
+        PaymentState::Confirmed { paid_sats: paid, block: BlockPlace { height: 100, time: NOW / 1000 } }
+    }
+
+    fn table(store: &MemoryStore, slots: usize) -> PaymentTable {
+        let t = PaymentTable::new("txgate/test/", "p", slots, Some(86_400));
+        t.create(store);
+        t
+    }
+
+    fn put(t: &PaymentTable, store: &MemoryStore, id: &[u8; 32], state: PaymentState) -> Result<usize, PutError> {
+        t.put(store, id, state, 0, 0, NOW)
+    }
+
+    fn count_use(t: &PaymentTable, store: &MemoryStore, slot: usize) {
+        update(store, &t.key(slot), |b| {
+            let mut r = PaymentRecord::decode(b).unwrap();
+            r.used += 1;
+            (Some(r.encode()), ())
+        })
+        .unwrap();
     }
 
     #[test]
     fn records_round_trip_in_a_fixed_size() {
         for state in [confirmed(5), PaymentState::Unconfirmed { paid_sats: 9, seen_at_tip: 3 }, PaymentState::NotFound]
         {
-            let mut r = PaymentRecord::new(txid(1, 2), state, 77, 66);
+            let mut r = PaymentRecord::new(txid(1), state, 77, 66);
             r.used = 3;
             r.first_used = 4;
             r.bound_to = 5;
+            r.explorer = 1;
             let bytes = r.encode();
             assert_eq!(bytes.len(), RECORD_LEN);
             assert_eq!(PaymentRecord::decode(&bytes), Some(r));
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(PaymentRecord::decode(&longer), None, "trailing bytes are refused");
         }
         assert_eq!(PaymentRecord::decode(&[]), None);
         assert_eq!(PaymentRecord::decode(&[9; RECORD_LEN]), None);
@@ -272,83 +421,126 @@ mod tests {
     #[test]
     fn stored_payments_are_found_by_txid() {
         let store = MemoryStore::default();
-        let table = PaymentTable::new(64);
-        table.create(&store);
-        table.put(&store, &txid(1, 2), confirmed(1000), 0, 10).unwrap();
-        let (_, found) = table.find(&store, &txid(1, 2)).unwrap();
+        let t = table(&store, 64);
+        put(&t, &store, &txid(1), confirmed(1000)).unwrap();
+        let (_, found) = t.find(&store, &txid(1)).unwrap();
         assert_eq!(found.state, confirmed(1000));
-        assert!(table.find(&store, &txid(3, 4)).is_none());
+        assert!(t.find(&store, &txid(2)).is_none());
     }
 
     #[test]
     fn memory_stays_bounded_under_a_flood_of_txids() {
         let store = MemoryStore::default();
-        let table = PaymentTable::new(16);
-        table.create(&store);
+        let t = table(&store, 16);
         for i in 0..10_000u32 {
-            let mut t = [0u8; 32];
-            t[..4].copy_from_slice(&i.to_le_bytes());
-            t[8..12].copy_from_slice(&(i.wrapping_mul(7919)).to_le_bytes());
-            table.put(&store, &t, PaymentState::NotFound, 5_000, u64::from(i)).unwrap();
+            t.put(&store, &txid(i), PaymentState::NotFound, NOW + 5_000, 0, NOW + u64::from(i)).unwrap();
         }
-        assert_eq!(store.len(), 17, "16 slots and the tip");
-        assert!(store.bytes() <= 17 * (RECORD_LEN + 16));
+        assert_eq!(store.len(), 17, "16 slots and the secret");
+        assert!(store.bytes() <= 16 * (RECORD_LEN + 32) + 64);
     }
 
     #[test]
-    fn a_flood_of_negative_entries_does_not_evict_verified_payments() {
+    fn slots_depend_on_the_deployment_secret() {
+        let (a, b) = (MemoryStore::default(), MemoryStore::default());
+        let (ta, tb) = (table(&a, 4096), table(&b, 4096));
+        let differ = (0..64u32).filter(|i| ta.candidates(&txid(*i)) != tb.candidates(&txid(*i))).count();
+        assert!(differ > 60, "two deployments place txids differently ({differ} of 64)");
+        let again = PaymentTable::new("txgate/test/", "p", 4096, None);
+        again.create(&a);
+        assert_eq!(again.candidates(&txid(7)), ta.candidates(&txid(7)), "workers of one deployment agree");
+    }
+
+    #[test]
+    fn txids_spread_over_the_slots() {
         let store = MemoryStore::default();
-        let table = PaymentTable::new(2);
-        table.create(&store);
-        let paid = txid(0, 1);
-        table.put(&store, &paid, confirmed(1000), 0, 1).unwrap();
-        for i in 1..50u8 {
-            table.put(&store, &txid(i, i.wrapping_add(1)), PaymentState::NotFound, 1_000, 2).unwrap();
-            assert!(table.find(&store, &paid).is_some(), "evicted by flood entry {i}");
+        let t = table(&store, 16);
+        let mut seen = [false; 16];
+        for i in 0..200u32 {
+            for s in t.candidates(&txid(i)) {
+                seen[s] = true;
+            }
         }
+        assert!(seen.iter().all(|s| *s), "{seen:?}");
+    }
+
+    #[test]
+    fn a_record_that_counts_something_is_never_evicted() {
+        let store = MemoryStore::default();
+        let t = table(&store, 2);
+        let paid = txid(0);
+        let slot = put(&t, &store, &paid, confirmed(1000)).unwrap();
+        count_use(&t, &store, slot);
+        let other = txid(1);
+        let slot_b = put(&t, &store, &other, confirmed(1000)).unwrap();
+        count_use(&t, &store, slot_b);
+        for i in 2..200u32 {
+            assert_eq!(put(&t, &store, &txid(i), confirmed(1000)), Err(PutError::Full), "entry {i}");
+            assert!(t.find(&store, &paid).is_some(), "evicted by entry {i}");
+        }
+        assert_eq!(t.find(&store, &paid).unwrap().1.used, 1, "the count was not reset");
+    }
+
+    #[test]
+    fn an_uncounted_or_expired_record_gives_way() {
+        let store = MemoryStore::default();
+        let t = table(&store, 1);
+        put(&t, &store, &txid(0), confirmed(1000)).unwrap();
+        put(&t, &store, &txid(1), confirmed(1000)).unwrap();
+        assert!(t.find(&store, &txid(0)).is_none(), "nothing counted: replaced");
+        count_use(&t, &store, 0);
+        let later = NOW + 86_401_000 + 1000;
+        let old = PaymentState::Confirmed { paid_sats: 1, block: BlockPlace { height: 1, time: NOW / 1000 } };
+        assert!(t.put(&store, &txid(2), old, 0, 0, NOW).is_err());
+        assert!(t.put(&store, &txid(2), old, 0, 0, later).is_ok(), "older than every max_age");
+        assert!(t.put(&store, &txid(3), old, 0, 0, later).is_ok(), "uncounted");
+        let forever = PaymentTable::new("txgate/other/", "p", 1, None);
+        forever.create(&store);
+        let slot = forever.put(&store, &txid(4), old, 0, 0, NOW).unwrap();
+        count_use(&forever, &store, slot);
+        assert!(forever.put(&store, &txid(5), old, 0, 0, later).is_err(), "no max_age: kept for good");
     }
 
     #[test]
     fn re_verifying_keeps_usage_and_binding() {
         let store = MemoryStore::default();
-        let table = PaymentTable::new(8);
-        table.create(&store);
-        let t = txid(5, 6);
-        let slot =
-            table.put(&store, &t, PaymentState::Unconfirmed { paid_sats: 1000, seen_at_tip: 0 }, 100, 1).unwrap();
-        update(&store, &PaymentTable::key(slot), |b| {
+        let t = table(&store, 8);
+        let id = txid(5);
+        let slot = put(&t, &store, &id, PaymentState::Unconfirmed { paid_sats: 1000, seen_at_tip: 0 }).unwrap();
+        update(&store, &t.key(slot), |b| {
             let mut r = PaymentRecord::decode(b).unwrap();
             r.used = 7;
             r.bound_to = 42;
             (Some(r.encode()), ())
         })
         .unwrap();
-        table.put(&store, &t, confirmed(1000), 0, 200).unwrap();
-        let (_, r) = table.find(&store, &t).unwrap();
+        put(&t, &store, &id, confirmed(1000)).unwrap();
+        let (_, r) = t.find(&store, &id).unwrap();
         assert_eq!((r.used, r.bound_to, r.state), (7, 42, confirmed(1000)));
     }
 
     #[test]
     fn expiry_and_candidates() {
-        let r = PaymentRecord::new(txid(1, 1), PaymentState::NotFound, 100, 0);
+        let r = PaymentRecord::new(txid(1), PaymentState::NotFound, 100, 0);
         assert!(r.is_fresh(99) && !r.is_fresh(100));
-        assert!(PaymentRecord::new(txid(1, 1), confirmed(1), 0, 0).is_fresh(u64::MAX));
-        let table = PaymentTable::new(4);
-        let [a, b] = table.candidates(&txid(1, 1));
+        assert!(PaymentRecord::new(txid(1), confirmed(1), 0, 0).is_fresh(u64::MAX));
+        let store = MemoryStore::default();
+        let t = table(&store, 4);
+        let [a, b] = t.candidates(&txid(1));
         assert_ne!(a, b);
         assert!(a < 4 && b < 4);
-        assert_eq!(PaymentTable::new(1).candidates(&txid(1, 2)), [0, 0]);
+        assert_eq!(table(&store, 1).candidates(&txid(2)), [0, 0]);
     }
 
     #[test]
-    fn tip_never_goes_backwards() {
+    fn tips_are_per_explorer_and_can_go_down() {
         let store = MemoryStore::default();
-        PaymentTable::new(1).create(&store);
-        assert_eq!(read_tip(&store), None);
-        write_tip(&store, 100, 1).unwrap();
-        write_tip(&store, 99, 2).unwrap();
-        assert_eq!(read_tip(&store), Some((100, 2)));
-        write_tip(&store, 101, 3).unwrap();
-        assert_eq!(read_tip(&store), Some((101, 3)));
+        let tips = Tips::new("txgate/test/", 2);
+        tips.create(&store);
+        assert_eq!(tips.read(&store, 0), None);
+        tips.write(&store, 0, 100, 1).unwrap();
+        tips.write(&store, 1, 5_000_000, 1).unwrap();
+        assert_eq!(tips.read(&store, 0), Some((100, 1)), "one explorer's tip does not touch another's");
+        tips.write(&store, 0, 99, 2).unwrap();
+        assert_eq!(tips.read(&store, 0), Some((99, 2)), "a reorg or a lagging explorer lowers it");
     }
 }

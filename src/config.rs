@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::address::{normalise_address, Network};
-use crate::discount::{Condition, Discount};
+use crate::discount::{discounted, Condition, Discount};
 use crate::duration::parse_duration;
 use crate::grant::Grant;
 use crate::identity::IdentitySource;
+use crate::path::{canonicalize, prefix_covers, prefix_covers_ignoring_case};
 use crate::penalty::PenaltyConfig;
 
 /// All the bitcoin there will ever be, in sats: a price above it is a typo.
@@ -41,6 +42,24 @@ struct RawConfig {
     discounts: Option<Vec<RawDiscount>>,
     deadline: Option<String>,
     circuit_breaker: Option<RawBreaker>,
+    fail_open: Option<RawFailOpen>,
+    max_inflight_per_client: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailOpen {
+    acknowledged: Option<bool>,
+    per_client: Option<u32>,
+    window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtClaim {
+    metadata_key: Option<String>,
+    claim: Option<String>,
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +83,7 @@ struct RawGrant {
 struct RawPenalty {
     identity: Option<String>,
     max_strikes: Option<u32>,
+    source_factor: Option<u32>,
     find_time: Option<String>,
     ban_time: Option<String>,
     max_clients: Option<usize>,
@@ -76,6 +96,7 @@ struct RawDiscount {
     percent: Option<u8>,
     mtls_principal_in: Option<Vec<String>>,
     header: Option<RawHeaderMatch>,
+    jwt_claim: Option<RawJwtClaim>,
     no_strikes_for: Option<String>,
 }
 
@@ -84,6 +105,7 @@ struct RawDiscount {
 struct RawHeaderMatch {
     name: Option<String>,
     value: Option<String>,
+    set_by_trusted_filter: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,7 +134,7 @@ struct RawRoute {
 }
 
 /// What a paid route asks of a payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub price_sats: u64,
     pub min_confirmations: u32,
@@ -146,8 +168,9 @@ pub struct Explorer {
 pub enum FailureMode {
     /// No explorer answer means no access (503).
     Closed,
-    /// No explorer answer lets the request through, marked as unverified.
-    Open,
+    /// No explorer answer lets the request through, marked as unverified, up to `per_client`
+    /// times per `window` for each client.
+    Open { per_client: u32, window: Duration },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +195,8 @@ pub struct Config {
     /// Overall time for one verification across every explorer tried.
     pub deadline: Duration,
     pub breaker: BreakerConfig,
+    /// Explorer lookups in flight per client on one worker.
+    pub max_inflight_per_client: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,11 +276,7 @@ impl Config {
         if timeout > Duration::from_secs(60) {
             return refuse("timeout", "must be at most 60s: clients are waiting");
         }
-        let failure_mode = match raw.failure_mode.as_deref().unwrap_or("closed") {
-            "closed" => FailureMode::Closed,
-            "open" => FailureMode::Open,
-            other => return refuse("failure_mode", format!("\"{other}\" is not one of closed, open")),
-        };
+        let failure_mode = validate_failure_mode(raw.failure_mode.as_deref(), raw.fail_open)?;
         let routes = validate_routes(raw.routes.unwrap_or_default(), &default_policy)?;
         let cache = validate_cache(raw.cache)?;
         let grant = validate_grant(raw.grant)?;
@@ -271,7 +292,11 @@ impl Config {
             return refuse("deadline", "must be at least the per-call timeout");
         }
         let breaker = validate_breaker(raw.circuit_breaker)?;
-        Ok(Config {
+        let max_inflight_per_client = match raw.max_inflight_per_client.unwrap_or(4) {
+            0 => return refuse("max_inflight_per_client", "must be at least 1"),
+            n => usize::try_from(n).unwrap_or(usize::MAX).min(max_inflight),
+        };
+        let config = Config {
             header,
             network,
             pay_to,
@@ -288,29 +313,94 @@ impl Config {
             discounts,
             deadline,
             breaker,
-        })
+            max_inflight_per_client,
+        };
+        if (!config.grant.is_unlimited() || config.bind_to.is_some()) && config.longest_max_age().is_none() {
+            // A counted or bound payment can only leave the fixed-size cache once no route can
+            // accept it; with no max_age it never could, and the cache would fill for good.
+            return refuse("max_age", "grant and bind_to need a max_age on every route (0s keeps payments forever)");
+        }
+        Ok(config)
     }
 
-    /// The first route whose prefix matches the path (query string ignored), else the default price.
-    pub fn access_for<'a>(&'a self, path: &str) -> AccessRef<'a> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        for route in &self.routes {
-            if path.starts_with(route.prefix.as_str()) {
-                return match &route.access {
-                    Access::Free => AccessRef::Free,
-                    Access::Paid(policy) => AccessRef::Paid(policy),
-                };
-            }
+    /// The access rule for a canonical path in matching form (see `path`).
+    ///
+    /// Case rule: prefixes match case-sensitively, first match wins. A backend may serve paths
+    /// case-insensitively, so when the path matched ignoring ASCII case would fall under another
+    /// route, the stricter of the two applies: a path is free only if both say free, and two
+    /// prices combine into the highest price, the most confirmations and the shortest max_age.
+    pub fn access_for(&self, path: &str) -> AccessRef {
+        let exact = self.routes.iter().find(|r| prefix_covers(&r.prefix, path));
+        let folded = self.routes.iter().find(|r| prefix_covers_ignoring_case(&r.prefix, path));
+        let rule = |route: Option<&Route>| match route.map(|r| &r.access) {
+            Some(Access::Free) => AccessRef::Free,
+            Some(Access::Paid(policy)) => AccessRef::Paid(*policy),
+            None => AccessRef::Paid(self.default_policy),
+        };
+        let same = match (exact, folded) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return rule(exact);
         }
-        AccessRef::Paid(&self.default_policy)
+        match (rule(exact), rule(folded)) {
+            (AccessRef::Free, other) | (other, AccessRef::Free) => other,
+            (AccessRef::Paid(a), AccessRef::Paid(b)) => AccessRef::Paid(a.stricter(&b)),
+        }
+    }
+
+    /// The lowest price any request can be asked (after the largest discount): a transaction
+    /// paying less than this can never buy anything, so it is a negative answer for the cache.
+    pub fn lowest_price(&self) -> u64 {
+        let best_discount = self.discounts.iter().map(|d| d.percent).max();
+        let prices = self.routes.iter().filter_map(|r| match &r.access {
+            Access::Paid(p) => Some(p.price_sats),
+            Access::Free => None,
+        });
+        let lowest = prices.chain([self.default_policy.price_sats]).min().unwrap_or(1);
+        best_discount.map_or(lowest, |percent| discounted(lowest, percent))
+    }
+
+    /// The longest `max_age` of any route; `None` when some route never expires payments.
+    pub fn longest_max_age(&self) -> Option<Duration> {
+        let ages = self.routes.iter().filter_map(|r| match &r.access {
+            Access::Paid(p) => Some(p.max_age),
+            Access::Free => None,
+        });
+        let mut longest = self.default_policy.max_age;
+        for age in ages {
+            if age.is_zero() || longest.is_zero() {
+                return None;
+            }
+            longest = longest.max(age);
+        }
+        (!longest.is_zero()).then_some(longest)
     }
 }
 
-/// A borrowed view of the access rule that applies to one request.
+impl Policy {
+    /// What a request must meet when two rules might apply to it.
+    pub fn stricter(&self, other: &Policy) -> Policy {
+        let max_age = match (self.max_age.is_zero(), other.max_age.is_zero()) {
+            (true, _) => other.max_age,
+            (_, true) => self.max_age,
+            _ => self.max_age.min(other.max_age),
+        };
+        Policy {
+            price_sats: self.price_sats.max(other.price_sats),
+            min_confirmations: self.min_confirmations.max(other.min_confirmations),
+            max_age,
+        }
+    }
+}
+
+/// The access rule that applies to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessRef<'a> {
+pub enum AccessRef {
     Free,
-    Paid(&'a Policy),
+    Paid(Policy),
 }
 
 fn validate_cache(raw: Option<RawCache>) -> Result<CacheConfig, ConfigError> {
@@ -364,7 +454,8 @@ fn validate_penalty(raw: RawPenalty) -> Result<PenaltyConfig, ConfigError> {
     if find_time.as_secs() == 0 || ban_time.as_secs() == 0 {
         return refuse("penalty", "find_time and ban_time must be at least 1s");
     }
-    Ok(PenaltyConfig { identity, max_strikes, find_time, ban_time, slots })
+    let source_factor = raw.source_factor.unwrap_or(4);
+    Ok(PenaltyConfig { identity, max_strikes, source_factor, find_time, ban_time, slots, prefix: String::new() })
 }
 
 fn validate_discounts(raw: Vec<RawDiscount>, penalty_on: bool) -> Result<Vec<Discount>, ConfigError> {
@@ -391,7 +482,21 @@ fn validate_discounts(raw: Vec<RawDiscount>, penalty_on: bool) -> Result<Vec<Dis
         }
         if let Some(h) = d.header {
             let name = required(h.name, &field("header.name"))?.to_ascii_lowercase();
+            if h.set_by_trusted_filter != Some(true) {
+                return refuse(
+                    field("header.set_by_trusted_filter"),
+                    "a client can send any header it likes; set it to true only when a filter in front of txgate sets or removes this header (see the README), or use mtls_principal_in or jwt_claim",
+                );
+            }
             conditions.push(Condition::Header { name, value: h.value });
+        }
+        if let Some(j) = d.jwt_claim {
+            let metadata_key = required(j.metadata_key, &field("jwt_claim.metadata_key"))?;
+            let claim = required(j.claim, &field("jwt_claim.claim"))?;
+            if metadata_key.is_empty() || claim.is_empty() {
+                return refuse(field("jwt_claim"), "metadata_key and claim must not be empty");
+            }
+            conditions.push(Condition::JwtClaim { metadata_key, claim, value: j.value });
         }
         if let Some(period) = d.no_strikes_for {
             if !penalty_on {
@@ -404,11 +509,39 @@ fn validate_discounts(raw: Vec<RawDiscount>, penalty_on: bool) -> Result<Vec<Dis
             _ => None,
         };
         let Some(condition) = condition else {
-            return refuse(field("name"), "needs exactly one of mtls_principal_in, header, no_strikes_for");
+            return refuse(field("name"), "needs exactly one of mtls_principal_in, header, jwt_claim, no_strikes_for");
         };
         out.push(Discount { name, percent, condition });
     }
     Ok(out)
+}
+
+fn validate_failure_mode(mode: Option<&str>, raw: Option<RawFailOpen>) -> Result<FailureMode, ConfigError> {
+    match mode.unwrap_or("closed") {
+        "closed" => match raw {
+            Some(_) => refuse("fail_open", "only applies with failure_mode \"open\""),
+            None => Ok(FailureMode::Closed),
+        },
+        "open" => {
+            let raw = raw.unwrap_or(RawFailOpen { acknowledged: None, per_client: None, window: None });
+            if raw.acknowledged != Some(true) {
+                return refuse(
+                    "fail_open.acknowledged",
+                    "failure_mode \"open\" lets unpaid requests through whenever no explorer answers, which a client can bring about (e.g. by getting the gateway rate-limited); set it to true to accept that",
+                );
+            }
+            let per_client = raw.per_client.unwrap_or(10);
+            if per_client == 0 {
+                return refuse("fail_open.per_client", "must be at least 1 (use failure_mode \"closed\" for none)");
+            }
+            let window = validate_duration(raw.window.as_deref().unwrap_or("1m"), "fail_open.window")?;
+            if window.as_secs() == 0 {
+                return refuse("fail_open.window", "must be at least 1s");
+            }
+            Ok(FailureMode::Open { per_client, window })
+        }
+        other => refuse("failure_mode", format!("\"{other}\" is not one of closed, open")),
+    }
 }
 
 fn validate_breaker(raw: Option<RawBreaker>) -> Result<BreakerConfig, ConfigError> {
@@ -509,7 +642,12 @@ fn validate_routes(raw: Vec<RawRoute>, default: &Policy) -> Result<Vec<Route>, C
         if !prefix.starts_with('/') {
             return refuse(field("prefix"), format!("\"{prefix}\" must start with '/'"));
         }
-        if let Some(earlier) = routes.iter().position(|e| prefix.starts_with(e.prefix.as_str())) {
+        if prefix.contains(['?', '#', '%', '\\', ';'])
+            || canonicalize(prefix.as_bytes()).ok().as_deref() != Some(prefix.as_str())
+        {
+            return refuse(field("prefix"), format!("\"{prefix}\" must be a canonical path (no dot segments, repeated slashes, escapes, '?', '#' or ';')"));
+        }
+        if let Some(earlier) = routes.iter().position(|e| prefix_covers(&e.prefix, &prefix)) {
             return refuse(
                 field("prefix"),
                 format!(
@@ -601,6 +739,7 @@ mod tests {
             "explorers": [{"cluster": "explorer", "authority": "explorer.local", "path_prefix": "/api/"}],
             "timeout": "250ms",
             "failure_mode": "open",
+            "fail_open": {"acknowledged": true},
             "routes": [{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2}]
         });
         let c = parse(&v).unwrap();
@@ -608,15 +747,13 @@ mod tests {
         assert_eq!(c.default_policy.min_confirmations, 0);
         assert_eq!(c.default_policy.max_age, Duration::ZERO);
         assert_eq!(c.explorers[0].path_prefix, "/api");
-        assert_eq!(c.failure_mode, FailureMode::Open);
+        assert_eq!(c.failure_mode, FailureMode::Open { per_client: 10, window: Duration::from_secs(60) });
         assert_eq!(c.access_for("/free/x"), AccessRef::Free);
         assert_eq!(
-            c.access_for("/premium?x=1"),
-            AccessRef::Paid(&Policy { price_sats: 5000, min_confirmations: 2, max_age: Duration::ZERO })
+            c.access_for("/premium"),
+            AccessRef::Paid(Policy { price_sats: 5000, min_confirmations: 2, max_age: Duration::ZERO })
         );
-        assert_eq!(c.access_for("/other"), AccessRef::Paid(&c.default_policy));
-        // A query string cannot make a paid path look free.
-        assert_eq!(c.access_for("/paid?/free"), AccessRef::Paid(&c.default_policy));
+        assert_eq!(c.access_for("/other"), AccessRef::Paid(c.default_policy));
     }
 
     #[test]
@@ -646,7 +783,21 @@ mod tests {
             (with("routes", json!([{"free": true}])), "routes[0].prefix"),
             (with("routes", json!([{"prefix": "x", "free": true}])), "routes[0].prefix"),
             (with("routes", json!([{"prefix": "/a", "free": true, "price_sats": 5}])), "routes[0].free"),
-            (with("routes", json!([{"prefix": "/a"}, {"prefix": "/ab"}])), "routes[1].prefix"),
+            (with("routes", json!([{"prefix": "/a"}, {"prefix": "/a/b"}])), "routes[1].prefix"),
+            (with("routes", json!([{"prefix": "/a/../b"}])), "routes[0].prefix"),
+            (with("routes", json!([{"prefix": "//a"}])), "routes[0].prefix"),
+            (with("routes", json!([{"prefix": "/a%2Fb"}])), "routes[0].prefix"),
+            (with("failure_mode", json!("open")), "fail_open.acknowledged"),
+            (with("fail_open", json!({"acknowledged": true})), "fail_open"),
+            (with("max_inflight_per_client", json!(0)), "max_inflight_per_client"),
+            (
+                with("discounts", json!([{"name": "h", "percent": 10, "header": {"name": "x-policy"}}])),
+                "discounts[0].header.set_by_trusted_filter",
+            ),
+            (
+                with("discounts", json!([{"name": "j", "percent": 10, "jwt_claim": {"metadata_key": "jwt"}}])),
+                "discounts[0].jwt_claim.claim",
+            ),
             (with("routes", json!([{"prefix": "/a", "price_sats": 0}])), "routes[0].price_sats"),
         ];
         for (value, field) in cases {
@@ -654,6 +805,39 @@ mod tests {
             assert_eq!(err.field, field, "for {value}: {err}");
             assert!(!err.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn counted_or_bound_payments_need_a_max_age_everywhere() {
+        let mut v = with("grant", json!({"requests": 3}));
+        v["max_age"] = json!("0s");
+        assert_eq!(refusal(&v).field, "max_age");
+        let mut v = with("bind_to", json!("header:x-api-key"));
+        v["routes"] = json!([{"prefix": "/forever", "max_age": "0s"}]);
+        assert_eq!(refusal(&v).field, "max_age");
+        assert!(parse(&with("grant", json!({"requests": 3}))).is_ok());
+    }
+
+    #[test]
+    fn routes_match_whole_segments_and_the_stricter_case_wins() {
+        let v = with(
+            "routes",
+            json!([{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2, "max_age": "1h"},
+                   {"prefix": "/Docs/", "free": true}]),
+        );
+        let c = parse(&v).unwrap();
+        let premium = Policy { price_sats: 5000, min_confirmations: 2, max_age: Duration::from_secs(3600) };
+        assert_eq!(c.access_for("/free"), AccessRef::Free);
+        assert_eq!(c.access_for("/free/a"), AccessRef::Free);
+        assert_eq!(c.access_for("/freeloader"), AccessRef::Paid(c.default_policy), "segment boundary");
+        assert_eq!(c.access_for("/FREE/a"), AccessRef::Paid(c.default_policy), "free only in its own case");
+        assert_eq!(c.access_for("/premium/x"), AccessRef::Paid(premium));
+        assert_eq!(c.access_for("/PREMIUM/x"), AccessRef::Paid(premium), "a case-insensitive backend serves /premium");
+        assert_eq!(c.access_for("/Premiums"), AccessRef::Paid(c.default_policy));
+        assert_eq!(c.access_for("/Docs/a"), AccessRef::Free);
+        assert_eq!(c.access_for("/docs/a"), AccessRef::Paid(c.default_policy));
+        assert_eq!(c.lowest_price(), 1000);
+        assert_eq!(c.longest_max_age(), Some(Duration::from_secs(86_400)));
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! knows. Explorer calls are the glue's job; this module says when one is needed and what its
 //! answer means for every request waiting on it.
 
-use crate::cache::{read_tip, txid_bytes, write_tip, PaymentRecord, PaymentState, PaymentTable};
+use crate::allowance::Allowance;
+use crate::cache::{txid_bytes, PaymentRecord, PaymentState, PaymentTable, PutError, Tips};
 use crate::config::{AccessRef, Config, FailureMode, Policy};
-use crate::discount::{self, ClientFacts};
+use crate::discount::{self, ClientFacts, Condition};
 use crate::duration::millis;
 use crate::esplora::{ExplorerError, TxLookup};
 use crate::grant::Use;
-use crate::identity::{identity_hash, strip_port, IdentitySource};
+use crate::identity::{client_address, identity_hash, IdentitySource};
 use crate::memo::LocalMemo;
 use crate::payment::{decide, Decision, Receipt};
+use crate::penalty::ClientRecord;
 use crate::rejection::Rejection;
+use crate::scope::Scopes;
 use crate::store::SharedStore;
 use crate::txid::Txid;
 
@@ -20,6 +23,7 @@ const MEMO_CAPACITY: usize = 4096;
 
 /// What the glue read from the host for one request.
 pub struct RequestFacts<'a> {
+    /// The canonical path in matching form (see `path`).
     pub path: &'a str,
     /// Every request header (names lowercase), values as bytes.
     pub headers: &'a [(String, Vec<u8>)],
@@ -27,6 +31,8 @@ pub struct RequestFacts<'a> {
     pub principal: Option<&'a str>,
     /// `ip:port` of the client.
     pub source_address: Option<&'a str>,
+    /// Claims Envoy's `jwt_authn` verified, as (metadata_key, claim, value).
+    pub claims: &'a [(String, String, String)],
     pub now_ms: u64,
 }
 
@@ -35,13 +41,19 @@ impl RequestFacts<'_> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
-    fn identity(&self, source: &IdentitySource) -> u64 {
-        let value: &[u8] = match source {
-            IdentitySource::Header(name) => self.header(name).unwrap_or_default(),
-            IdentitySource::MtlsPrincipal => self.principal.unwrap_or_default().as_bytes(),
-            IdentitySource::SourceAddress => strip_port(self.source_address.unwrap_or_default()).as_bytes(),
+    /// The client's identity under `source`, or `None` when the request does not carry one.
+    fn identity(&self, source: &IdentitySource) -> Option<u64> {
+        let value: Vec<u8> = match source {
+            IdentitySource::Header(name) => self.header(name)?.to_vec(),
+            IdentitySource::MtlsPrincipal => self.principal?.as_bytes().to_vec(),
+            IdentitySource::SourceAddress => client_address(self.source_address?).into_bytes(),
         };
-        identity_hash(value)
+        (!value.is_empty()).then(|| identity_hash(source, &value))
+    }
+
+    /// The source address as an identity (IPv6 grouped by /64).
+    fn source_id(&self) -> Option<u64> {
+        self.identity(&IdentitySource::SourceAddress)
     }
 }
 
@@ -53,7 +65,16 @@ pub struct Ticket {
     /// `name:percent` of the applied discount.
     pub discount: Option<String>,
     pub bind_id: Option<u64>,
-    pub client_id: Option<u64>,
+    /// Penalty-box identities to strike, each with the strikes that ban it: the configured one
+    /// (or the source address when the request has none), plus the source address when the
+    /// configured one is client-chosen.
+    pub client_ids: Vec<(u64, u32)>,
+    /// Who this client is for in-flight limits and fail-open passes.
+    pub client_key: u64,
+    /// The client has strikes: it may not use the share of lookups kept for clean clients.
+    pub has_strikes: bool,
+    /// Lookups this client may have in flight on one worker.
+    pub inflight_limit: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,11 +95,25 @@ pub enum Verdict {
     Lookup(Ticket),
 }
 
-/// What the explorer said about one txid (and the tip, when it was needed and read).
+/// What the explorer said about one txid (and its tip, when it was needed and read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookupResult {
     pub tx: Result<TxLookup, ExplorerError>,
+    /// The tip height told by the explorer that answered for the transaction.
     pub tip: Option<u64>,
+    /// Which explorer answered for the transaction.
+    pub explorer: usize,
+}
+
+/// Where `remember` put an explorer answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// In this slot of the payment table.
+    Payment(usize),
+    /// A negative answer (its own table), or nothing worth keeping.
+    Elsewhere,
+    /// A payment with no slot it could take: both hold payments that still count something.
+    Full,
 }
 
 /// Side effects the glue reports as metrics.
@@ -86,27 +121,63 @@ pub struct LookupResult {
 pub struct Effects {
     pub struck: bool,
     pub banned: bool,
+    pub ledger_full: bool,
+    pub fail_open_limited: bool,
 }
 
 pub struct Gate {
     pub config: Config,
+    pub scopes: Scopes,
     pub payments: PaymentTable,
+    negatives: PaymentTable,
+    tips: Tips,
+    fail_open: Option<Allowance>,
     memo: LocalMemo,
+    lowest_price: u64,
+}
+
+/// Share of `max_inflight` kept for clients with no strikes (a quarter, at least one).
+fn reserved_for_clean(max_inflight: usize) -> usize {
+    (max_inflight / 4).max(1).min(max_inflight.saturating_sub(1))
 }
 
 impl Gate {
-    pub fn new(config: Config) -> Gate {
-        let payments = PaymentTable::new(config.cache.max_entries);
-        let memo = LocalMemo::new(config.cache.max_entries.min(MEMO_CAPACITY));
-        Gate { config, payments, memo }
+    pub fn new(mut config: Config) -> Gate {
+        let scopes = Scopes::of(&config);
+        if let Some(penalty) = config.penalty.as_mut() {
+            penalty.prefix = format!("{}c/", scopes.clients);
+        }
+        let slots = config.cache.max_entries;
+        let longest_max_age_secs = config.longest_max_age().map(|d| d.as_secs());
+        let payments = PaymentTable::new(&scopes.payments, "p", slots, longest_max_age_secs);
+        let negatives = PaymentTable::new(&scopes.payments, "n", slots, Some(0));
+        let tips = Tips::new(&scopes.chain, config.explorers.len());
+        let fail_open = match config.failure_mode {
+            FailureMode::Open { per_client, window } => {
+                Some(Allowance::new(&format!("{}o/", scopes.clients), slots, per_client, window))
+            }
+            FailureMode::Closed => None,
+        };
+        let memo = LocalMemo::new(slots.min(MEMO_CAPACITY));
+        let lowest_price = config.lowest_price();
+        Gate { config, scopes, payments, negatives, tips, fail_open, memo, lowest_price }
     }
 
     /// Creates every shared-data slot before traffic (see `cache`).
     pub fn create_slots(&self, store: &dyn SharedStore) {
         self.payments.create(store);
+        self.negatives.create(store);
+        self.tips.create(store);
         if let Some(penalty) = &self.config.penalty {
             penalty.create(store);
         }
+        if let Some(allowance) = &self.fail_open {
+            allowance.create(store);
+        }
+    }
+
+    fn immutable(&self) -> bool {
+        self.config.grant.is_unlimited() && self.config.bind_to.is_none()
     }
 
     /// First look at a request: free, refused, answered from the cache, or needs the explorer.
@@ -122,56 +193,103 @@ impl Gate {
             AccessRef::Paid(policy) => policy,
         };
         let now_secs = facts.now_ms / 1000;
-        let client = config.penalty.as_ref().map(|p| {
-            let id = facts.identity(&p.identity);
-            (id, p.client(store, id))
-        });
-        if let (Some(penalty), Some((_, record))) = (&config.penalty, &client) {
-            if let Some(secs) = penalty.banned_for(record, now_secs) {
-                let rejection = Rejection::ClientBanned { retry_after_secs: secs.max(1) };
-                return (Verdict::Reject { rejection, policy: None }, Effects::default());
+        let source_id = facts.source_id();
+        // A request without the configured identity is struck as its source address: clients
+        // without one are not pooled into a single bucket that a few bad requests could ban.
+        let mut client_ids: Vec<(u64, u32)> = Vec::new();
+        let mut clients: Vec<ClientRecord> = Vec::new();
+        if let Some(penalty) = &config.penalty {
+            let own = facts.identity(&penalty.identity);
+            client_ids.extend(own.or(source_id).map(|id| (id, penalty.limit(false))));
+            // A header or certificate is the client's to choose or rotate; its address is not.
+            if own.is_some() && penalty.identity != IdentitySource::SourceAddress && penalty.source_factor > 0 {
+                client_ids.extend(source_id.map(|id| (id, penalty.limit(true))));
+            }
+            for (id, _) in &client_ids {
+                let record = penalty.client(store, *id);
+                if let Some(secs) = penalty.banned_for(&record, now_secs) {
+                    let rejection = Rejection::ClientBanned { retry_after_secs: secs.max(1) };
+                    return (Verdict::Reject { rejection, policy: None }, Effects::default());
+                }
+                clients.push(record);
+            }
+        }
+        let primary = clients.first();
+        if let (Some(penalty), Some(record)) = (&config.penalty, primary) {
+            if config.discounts.iter().any(|d| matches!(d.condition, Condition::NoStrikesFor(_))) {
+                penalty.touch(store, record, now_secs);
             }
         }
         let header = |name: &str| facts.header(name);
         let client_facts = ClientFacts {
             principal: facts.principal,
             header: &header,
-            last_strike: client.as_ref().and_then(|(_, r)| (r.last_strike != 0).then_some(r.last_strike)),
+            claims: facts.claims,
+            last_strike: primary.and_then(|r| (r.last_strike != 0).then_some(r.last_strike)),
+            first_seen: primary.and_then(|r| (r.first_seen != 0).then_some(r.first_seen)),
             now_secs,
         };
-        let mut policy = base.clone();
+        let mut policy = base;
         let discount = discount::best(&config.discounts, &client_facts).map(|d| {
             policy.price_sats = discount::discounted(base.price_sats, d.percent);
             format!("{}:{}", d.name, d.percent)
         });
-        let client_id = client.map(|(id, _)| id);
         let txid = match txid_values {
             [] => return reject(Rejection::PaymentRequired, policy),
             [one] => Txid::parse(one),
             _ => None,
         };
         let Some(txid) = txid else {
-            let effects = self.strike(store, client_id, now_secs);
+            let effects = self.strike(store, &client_ids, now_secs);
             return (Verdict::Reject { rejection: Rejection::InvalidTxid, policy: Some(policy) }, effects);
         };
-        let bind_id = config.bind_to.as_ref().map(|source| facts.identity(source));
-        let ticket = Ticket { txid, policy, discount, bind_id, client_id };
+        let bind_id = match &config.bind_to {
+            Some(source) => match facts.identity(source) {
+                Some(id) => Some(id),
+                None => {
+                    let rejection = Rejection::IdentityRequired { identity: source.describe() };
+                    return reject(rejection, policy);
+                }
+            },
+            None => None,
+        };
+        let strikes: u64 = primary.map_or(0, |c| c.strikes);
+        let inflight_limit = match &config.penalty {
+            // A client can have no more lookups under way than strikes it has left, so a burst
+            // of bogus txids costs at most what the same txids sent one by one would.
+            Some(penalty) => {
+                let left = u64::from(penalty.max_strikes).saturating_sub(strikes).max(1);
+                config.max_inflight_per_client.min(usize::try_from(left).unwrap_or(usize::MAX))
+            }
+            None => config.max_inflight_per_client,
+        };
+        let client_key = client_ids.first().map(|(id, _)| *id).or(source_id).unwrap_or(0);
+        let ticket = Ticket {
+            txid,
+            policy,
+            discount,
+            bind_id,
+            client_ids,
+            client_key,
+            has_strikes: strikes > 0,
+            inflight_limit,
+        };
         let raw = txid_bytes(&ticket.txid);
         // Nothing counted or bound: a confirmed payment's shared record never changes.
-        let immutable = self.config.grant.is_unlimited() && self.config.bind_to.is_none();
+        let immutable = self.immutable();
         let found = match self.memo.payment(&raw).filter(|_| immutable) {
-            Some(hit) => Some(hit),
+            Some(hit) => Some((true, hit)),
             None => {
-                let found = self.payments.find(store, &raw);
-                if let (Some((slot, record)), true) = (&found, immutable) {
+                let found = self.payments.find(store, &raw).map(|f| (true, f));
+                if let (Some((_, (slot, record))), true) = (&found, immutable) {
                     self.memo.keep_payment(*slot, record);
                 }
-                found
+                found.or_else(|| self.negatives.find(store, &raw).map(|f| (false, f)))
             }
         };
         match found {
-            Some((slot, record)) if record.is_fresh(facts.now_ms) => {
-                let tip = self.memo.tip(store, facts.now_ms);
+            Some((in_payments, (slot, record))) if record.is_fresh(facts.now_ms) => {
+                let tip = self.memo.tip(&self.tips, store, record.explorer, facts.now_ms);
                 let tip_fresh = tip.is_some_and(|(_, at)| self.tip_read_recently(at, facts.now_ms));
                 // A mempool answer holds only until a new block may have taken the payment.
                 if let PaymentState::Unconfirmed { seen_at_tip, .. } = record.state {
@@ -180,21 +298,26 @@ impl Gate {
                     }
                 }
                 let known = Known { tip: tip.map(|(h, _)| h), tip_fresh, from_cache: true };
+                let slot = in_payments.then_some(slot);
                 self.judge(store, ticket, slot, &record, known, facts.now_ms)
             }
             _ => (Verdict::Lookup(ticket), Effects::default()),
         }
     }
 
-    /// A tip height just read from an explorer, shared with every worker.
-    pub fn record_tip(&self, store: &dyn SharedStore, height: u64, now_ms: u64) {
-        let _ = write_tip(store, height, now_ms);
-        self.memo.forget_tip();
+    /// A tip height `explorer` just told, shared with every worker.
+    pub fn record_tip(&self, store: &dyn SharedStore, explorer: usize, height: u64, now_ms: u64) {
+        let _ = self.tips.write(store, explorer as u64, height, now_ms);
+        self.memo.forget_tip(explorer as u64);
     }
 
-    /// Whether a lookup should also read the tip (the shared one is missing or stale).
-    pub fn tip_needed(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
-        !read_tip(store).is_some_and(|(_, at)| self.tip_read_recently(at, now_ms))
+    /// Whether `explorer`'s tip must be read before counting confirmations of a block at
+    /// `height` (`None`: whenever it is stale).
+    pub fn tip_needed(&self, store: &dyn SharedStore, explorer: usize, height: Option<u64>, now_ms: u64) -> bool {
+        match self.tips.read(store, explorer as u64) {
+            Some((tip, at)) => !self.tip_read_recently(at, now_ms) || height.is_some_and(|h| tip < h),
+            None => true,
+        }
     }
 
     /// A tip read at `at` is trusted for counting confirmations until `cache.tip_ttl` has passed.
@@ -202,15 +325,11 @@ impl Gate {
         now_ms < at.saturating_add(millis(self.config.cache.tip_ttl))
     }
 
-    /// The best tip height known to every worker.
-    pub fn shared_tip(&self, store: &dyn SharedStore) -> Option<u64> {
-        read_tip(store).map(|(h, _)| h)
-    }
-
-    /// Stores an explorer answer in the shared cache; returns the slot it went to.
-    pub fn remember(&self, store: &dyn SharedStore, txid: &Txid, result: &LookupResult, now_ms: u64) -> Option<usize> {
+    /// Stores an explorer answer in the shared cache.
+    pub fn remember(&self, store: &dyn SharedStore, txid: &Txid, result: &LookupResult, now_ms: u64) -> Stored {
+        let explorer = result.explorer;
         if let Some(height) = result.tip {
-            self.record_tip(store, height, now_ms);
+            self.record_tip(store, explorer, height, now_ms);
         }
         let ttl = |d: std::time::Duration| now_ms.saturating_add(millis(d)).max(1);
         let (state, expires) = match &result.tx {
@@ -218,14 +337,34 @@ impl Gate {
             Ok(TxLookup::Found(facts)) => match facts.block {
                 Some(block) => (PaymentState::Confirmed { paid_sats: facts.paid_sats, block }, 0),
                 None => {
-                    let seen_at_tip = result.tip.or_else(|| self.shared_tip(store)).unwrap_or(0);
+                    let seen_at_tip = result.tip.or_else(|| self.fresh_tip(store, explorer, now_ms)).unwrap_or(0);
                     let state = PaymentState::Unconfirmed { paid_sats: facts.paid_sats, seen_at_tip };
                     (state, ttl(self.config.cache.unconfirmed_ttl))
                 }
             },
-            Err(_) => return None,
+            Err(_) => return Stored::Elsewhere,
         };
-        self.payments.put(store, &txid_bytes(txid), state, expires, now_ms).ok()
+        let raw = txid_bytes(txid);
+        let paid = match state {
+            PaymentState::Confirmed { paid_sats, .. } | PaymentState::Unconfirmed { paid_sats, .. } => paid_sats,
+            PaymentState::NotFound => 0,
+        };
+        if paid < self.lowest_price {
+            // Buys nothing anywhere: a negative answer, kept apart from real payments.
+            let expires = expires.max(ttl(self.config.cache.not_found_ttl));
+            let _ = self.negatives.put(store, &raw, state, expires, explorer as u64, now_ms);
+            return Stored::Elsewhere;
+        }
+        match self.payments.put(store, &raw, state, expires, explorer as u64, now_ms) {
+            Ok(slot) => Stored::Payment(slot),
+            Err(PutError::Full) => Stored::Full,
+            Err(PutError::Store(_)) => Stored::Elsewhere,
+        }
+    }
+
+    /// `explorer`'s shared tip if it was read within `tip_ttl`.
+    fn fresh_tip(&self, store: &dyn SharedStore, explorer: usize, now_ms: u64) -> Option<u64> {
+        self.tips.read(store, explorer as u64).filter(|(_, at)| self.tip_read_recently(*at, now_ms)).map(|(h, _)| h)
     }
 
     /// The answer for one waiting request once its lookup is done (after `remember`).
@@ -234,44 +373,55 @@ impl Gate {
         store: &dyn SharedStore,
         ticket: Ticket,
         result: &LookupResult,
-        slot: Option<usize>,
+        stored: Stored,
         now_ms: u64,
     ) -> (Verdict, Effects) {
-        if result.tx.is_err() {
-            return (self.explorer_failed(&ticket), Effects::default());
-        }
+        let facts = match &result.tx {
+            // The transaction, not the explorer, is the problem: no strike, no 503.
+            Err(ExplorerError::TooLarge(_)) => return reject(Rejection::TxTooLarge, ticket.policy),
+            Err(_) => return self.explorer_failed(store, &ticket, now_ms),
+            Ok(TxLookup::NotFound) => return self.refuse(store, ticket, Rejection::TxNotFound, now_ms),
+            Ok(TxLookup::Found(facts)) => *facts,
+        };
+        // Only a tip this explorer told within tip_ttl (or just now) counts confirmations.
+        let tip = result.tip.or_else(|| self.fresh_tip(store, result.explorer, now_ms));
+        let known = Known { tip, tip_fresh: tip.is_some(), from_cache: false };
         let raw = txid_bytes(&ticket.txid);
-        let cached = slot.and_then(|s| {
-            let (bytes, _) = store.get(&PaymentTable::key(s))?;
-            PaymentRecord::decode(&bytes).filter(|r| r.txid == raw).map(|r| (s, r))
-        });
-        let tip = result.tip.or_else(|| self.shared_tip(store));
-        match cached {
-            Some((slot, record)) => {
-                self.judge(store, ticket, slot, &record, Known { tip, tip_fresh: true, from_cache: false }, now_ms)
+        if let Stored::Payment(slot) = stored {
+            if let Some(record) = self.payments.at(store, slot, &raw) {
+                return self.judge(store, ticket, Some(slot), &record, known, now_ms);
             }
-            // The slot was taken by another txid in the meantime: answer from the result itself,
-            // without counting against a grant that no longer has a record.
-            None => match &result.tx {
-                Ok(TxLookup::Found(facts)) => match decide(&ticket.policy, facts, tip, now_ms / 1000) {
-                    Decision::Paid(receipt) if self.config.grant.is_unlimited() && self.config.bind_to.is_none() => {
-                        (allow(ticket, receipt, false), Effects::default())
-                    }
-                    Decision::Paid(_) => reject(Rejection::VerificationBusy, ticket.policy),
-                    Decision::Refused(rejection) => self.refuse(store, ticket, rejection, now_ms),
-                    Decision::TipUnknown => (self.explorer_failed(&ticket), Effects::default()),
-                },
-                _ => self.refuse(store, ticket, Rejection::TxNotFound, now_ms),
-            },
+        }
+        // Not stored (negative, or no room): answer from the result itself, counting nothing.
+        match decide(&ticket.policy, &facts, tip, now_ms / 1000) {
+            Decision::Paid(receipt) if self.immutable() => {
+                let effects = Effects { ledger_full: stored == Stored::Full, ..Effects::default() };
+                (allow(ticket, receipt, false), effects)
+            }
+            Decision::Paid(_) if stored == Stored::Full => {
+                let (verdict, mut effects) = reject(Rejection::LedgerFull, ticket.policy);
+                effects.ledger_full = true;
+                (verdict, effects)
+            }
+            Decision::Paid(_) => reject(Rejection::VerificationBusy, ticket.policy),
+            Decision::Refused(rejection) => self.refuse(store, ticket, rejection, now_ms),
+            Decision::TipUnknown => self.explorer_failed(store, &ticket, now_ms),
         }
     }
 
-    pub fn explorer_failed(&self, ticket: &Ticket) -> Verdict {
-        match self.config.failure_mode {
-            FailureMode::Closed => {
-                Verdict::Reject { rejection: Rejection::ExplorerUnavailable, policy: Some(ticket.policy.clone()) }
+    /// No explorer could answer: 503, or (failure_mode open) an unverified pass while the
+    /// client has passes left in its window.
+    pub fn explorer_failed(&self, store: &dyn SharedStore, ticket: &Ticket, now_ms: u64) -> (Verdict, Effects) {
+        let unavailable = Verdict::Reject { rejection: Rejection::ExplorerUnavailable, policy: Some(ticket.policy) };
+        match &self.fail_open {
+            None => (unavailable, Effects::default()),
+            Some(allowance) => {
+                if allowance.take(store, ticket.client_key, now_ms / 1000) {
+                    (Verdict::AllowUnverified, Effects::default())
+                } else {
+                    (unavailable, Effects { fail_open_limited: true, ..Effects::default() })
+                }
             }
-            FailureMode::Open => Verdict::AllowUnverified,
         }
     }
 
@@ -279,7 +429,7 @@ impl Gate {
         &self,
         store: &dyn SharedStore,
         ticket: Ticket,
-        slot: usize,
+        slot: Option<usize>,
         record: &PaymentRecord,
         known: Known,
         now_ms: u64,
@@ -293,8 +443,10 @@ impl Gate {
                 // Nothing to count or bind: skip the read-modify-write on the hot path.
                 let used = if self.config.grant.is_unlimited() && ticket.bind_id.is_none() {
                     Ok(Use::Granted { remaining: None })
+                } else if let Some(slot) = slot {
+                    self.config.grant.consume(store, &self.payments, slot, &record.txid, ticket.bind_id, now_ms / 1000)
                 } else {
-                    self.config.grant.consume(store, slot, &record.txid, ticket.bind_id, now_ms / 1000)
+                    Ok(Use::Gone)
                 };
                 match used {
                     Ok(Use::Granted { .. }) => (allow(ticket, receipt, from_cache), Effects::default()),
@@ -307,43 +459,56 @@ impl Gate {
                         reject(rejection, ticket.policy)
                     }
                     Ok(Use::BoundToOther) => self.refuse(store, ticket, Rejection::BoundToOtherClient, now_ms),
-                    Ok(Use::Gone) => (Verdict::Lookup(ticket), Effects::default()),
-                    Err(_) => reject(Rejection::VerificationBusy, ticket.policy),
+                    Ok(Use::Gone) if from_cache => (Verdict::Lookup(ticket), Effects::default()),
+                    Ok(Use::Gone) | Err(_) => reject(Rejection::VerificationBusy, ticket.policy),
                 }
             }
-            // A confirmed payment short of confirmations may only look so through a stale tip.
+            // A confirmed payment short of confirmations may only look so through a stale tip:
+            // ask again, and never answer 402 from a tip that is not fresh.
             Decision::Refused(Rejection::InsufficientConfirmations { .. }) | Decision::TipUnknown
                 if facts.block.is_some() && !tip_fresh =>
             {
-                (Verdict::Lookup(ticket), Effects::default())
+                if from_cache {
+                    (Verdict::Lookup(ticket), Effects::default())
+                } else {
+                    self.explorer_failed(store, &ticket, now_ms)
+                }
             }
             Decision::Refused(rejection) => self.refuse(store, ticket, rejection, now_ms),
             // The tip was just asked for and no explorer could tell it.
-            Decision::TipUnknown => (self.explorer_failed(&ticket), Effects::default()),
+            Decision::TipUnknown => self.explorer_failed(store, &ticket, now_ms),
         }
     }
 
-    /// A rejection, with a strike for the kinds that mean "bogus or someone else's txid".
+    /// A rejection, with a strike for the kinds that mean "bogus txid". Losing a binding race is
+    /// not one: txids are public, and the payer whose txid someone else used first must not be
+    /// banned for it.
     fn refuse(&self, store: &dyn SharedStore, ticket: Ticket, rejection: Rejection, now_ms: u64) -> (Verdict, Effects) {
         let strikes = matches!(
             rejection,
-            Rejection::TxNotFound
-                | Rejection::InsufficientPayment { .. }
-                | Rejection::PaymentExpired { .. }
-                | Rejection::BoundToOtherClient
+            Rejection::TxNotFound | Rejection::InsufficientPayment { .. } | Rejection::PaymentExpired { .. }
         );
-        let effects = if strikes { self.strike(store, ticket.client_id, now_ms / 1000) } else { Effects::default() };
+        let effects = if strikes { self.strike(store, &ticket.client_ids, now_ms / 1000) } else { Effects::default() };
         (Verdict::Reject { rejection, policy: Some(ticket.policy) }, effects)
     }
 
-    fn strike(&self, store: &dyn SharedStore, client_id: Option<u64>, now_secs: u64) -> Effects {
-        match (&self.config.penalty, client_id) {
-            (Some(penalty), Some(id)) => {
-                let banned = penalty.strike(store, id, now_secs).ok().flatten().is_some();
-                Effects { struck: true, banned }
-            }
-            _ => Effects::default(),
+    fn strike(&self, store: &dyn SharedStore, client_ids: &[(u64, u32)], now_secs: u64) -> Effects {
+        let Some(penalty) = &self.config.penalty else { return Effects::default() };
+        let mut effects = Effects::default();
+        for (id, limit) in client_ids {
+            effects.struck = true;
+            effects.banned |= penalty.strike_up_to(store, *id, *limit, now_secs).ok().flatten().is_some();
         }
+        effects
+    }
+
+    /// Whether a new lookup for this ticket fits within the worker's budget: `inflight` lookups
+    /// under way, `for_client` of them this client's. A share of the budget is kept for clients
+    /// with no strikes, so a flood from struck clients cannot starve honest payers.
+    pub fn lookup_fits(&self, ticket: &Ticket, inflight: usize, for_client: usize) -> bool {
+        let max = self.config.max_inflight;
+        let budget = if ticket.has_strikes { max.saturating_sub(reserved_for_clean(max)) } else { max };
+        inflight < budget && for_client < ticket.inflight_limit
     }
 }
 
@@ -402,6 +567,7 @@ mod tests {
             headers: &headers,
             principal: None,
             source_address: Some("10.0.0.1:999"),
+            claims: &[],
             now_ms: NOW_MS,
         };
         let values: Vec<&[u8]> = txids.iter().map(|t| t.as_bytes()).collect();
@@ -410,7 +576,14 @@ mod tests {
 
     /// A paid request for TXID on /api at another time.
     fn admit_at(gate: &Gate, store: &MemoryStore, now_ms: u64) -> Verdict {
-        let facts = RequestFacts { path: "/api", headers: &[], principal: None, source_address: None, now_ms };
+        let facts = RequestFacts {
+            path: "/api",
+            headers: &[],
+            principal: None,
+            source_address: Some("10.0.0.1:999"),
+            claims: &[],
+            now_ms,
+        };
         gate.admit(store, &facts, &[TXID.as_bytes()]).0
     }
 
@@ -433,14 +606,14 @@ mod tests {
 
     fn found(paid: u64, height: Option<u64>) -> LookupResult {
         let block = height.map(|height| BlockPlace { height, time: NOW_MS / 1000 - 60 });
-        LookupResult { tx: Ok(TxLookup::Found(TxFacts { paid_sats: paid, block })), tip: Some(110) }
+        LookupResult { tx: Ok(TxLookup::Found(TxFacts { paid_sats: paid, block })), tip: Some(110), explorer: 0 }
     }
 
     /// Runs one request through admit, a lookup with `result` and resolve, as the glue does.
     fn verify(gate: &Gate, store: &MemoryStore, hs: &[(&str, &str)], result: &LookupResult) -> (Verdict, Effects) {
         let ticket = ticket_of(admit(gate, store, "/api", hs, &[TXID]).0);
-        let slot = gate.remember(store, &ticket.txid, result, NOW_MS);
-        gate.resolve(store, ticket, result, slot, NOW_MS)
+        let stored = gate.remember(store, &ticket.txid, result, NOW_MS);
+        gate.resolve(store, ticket, result, stored, NOW_MS)
     }
 
     #[test]
@@ -483,7 +656,7 @@ mod tests {
     #[test]
     fn negative_answers_are_cached_until_their_ttl() {
         let (gate, store) = gate(json!({"cache": {"not_found_ttl": "10s"}}));
-        let result = LookupResult { tx: Ok(TxLookup::NotFound), tip: None };
+        let result = LookupResult { tx: Ok(TxLookup::NotFound), tip: None, explorer: 0 };
         assert_eq!(code(&verify(&gate, &store, &[], &result).0), "tx_not_found");
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "tx_not_found");
         assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 10_000)), "lookup");
@@ -496,7 +669,7 @@ mod tests {
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_confirmations");
         // Another worker saw a newer block: once this worker's copy of the tip is refreshed (at
         // most a second later) the payment is asked about again, without waiting for unconfirmed_ttl.
-        crate::cache::write_tip(&store, 111, NOW_MS).unwrap();
+        gate.record_tip(&store, 0, 111, NOW_MS);
         assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 1_000)), "lookup");
     }
 
@@ -511,11 +684,21 @@ mod tests {
 
     #[test]
     fn explorer_failure_follows_the_failure_mode() {
-        let failed = LookupResult { tx: Err(ExplorerError::NoResponse), tip: None };
+        let failed = LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: 0 };
         let (closed, store) = gate(json!({}));
         assert_eq!(code(&verify(&closed, &store, &[], &failed).0), "explorer_unavailable");
-        let (open, store) = gate(json!({"failure_mode": "open"}));
+        let (open, store) = gate(json!({"failure_mode": "open", "fail_open": {"acknowledged": true, "per_client": 2}}));
         assert_eq!(verify(&open, &store, &[], &failed).0, Verdict::AllowUnverified);
+        assert_eq!(verify(&open, &store, &[], &failed).0, Verdict::AllowUnverified);
+        let (third, effects) = verify(&open, &store, &[], &failed);
+        assert_eq!(
+            (code(&third), effects.fail_open_limited),
+            ("explorer_unavailable", true),
+            "passes are limited per client"
+        );
+        // Open mode never lets a request without a payment, or with a malformed one, through.
+        assert_eq!(code(&admit(&open, &store, "/api", &[], &[]).0), "payment_required");
+        assert_eq!(code(&admit(&open, &store, "/api", &[], &["nope"]).0), "invalid_txid");
         let (closed, store) = gate(json!({}));
         let no_tip = LookupResult { tip: None, ..found(1000, Some(100)) };
         assert_eq!(code(&verify(&closed, &store, &[], &no_tip).0), "explorer_unavailable");
@@ -530,12 +713,17 @@ mod tests {
     }
 
     #[test]
-    fn binding_refuses_another_client_and_strikes_it() {
+    fn binding_refuses_another_client_without_striking_it() {
         let (gate, store) = gate(json!({"bind_to": "header:x-key", "penalty": {"identity": "header:x-key"}}));
         assert_eq!(code(&verify(&gate, &store, &[("x-key", "a")], &found(1000, Some(100))).0), "allow");
         let (verdict, effects) = admit(&gate, &store, "/api", &[("x-key", "b")], &[TXID]);
         assert_eq!(code(&verdict), "payment_bound_to_other_client");
-        assert!(effects.struck);
+        assert!(!effects.struck, "txids are public: losing the race to use one is no offence");
+        let (verdict, _) = admit(&gate, &store, "/api", &[], &[TXID]);
+        assert!(
+            matches!(&verdict, Verdict::Reject { rejection: Rejection::IdentityRequired { identity }, .. } if identity == "header x-key"),
+            "{verdict:?}"
+        );
         assert_eq!(code(&admit(&gate, &store, "/api", &[("x-key", "a")], &[TXID]).0), "allow");
     }
 
@@ -555,7 +743,9 @@ mod tests {
 
     #[test]
     fn discounts_lower_the_price_asked_and_checked() {
-        let (gate, store) = gate(json!({"discounts": [{"name": "v2", "percent": 25, "header": {"name": "x-policy"}}]}));
+        let (gate, store) = gate(
+            json!({"discounts": [{"name": "v2", "percent": 25, "header": {"name": "x-policy", "set_by_trusted_filter": true}}]}),
+        );
         let (verdict, _) = admit(&gate, &store, "/api", &[("x-policy", "1")], &[]);
         assert!(matches!(verdict, Verdict::Reject { policy: Some(Policy { price_sats: 750, .. }), .. }));
         let (paid, _) = verify(&gate, &store, &[("x-policy", "1")], &found(750, Some(100)));

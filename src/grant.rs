@@ -66,12 +66,13 @@ impl Grant {
     pub fn consume(
         &self,
         store: &dyn SharedStore,
+        table: &PaymentTable,
         slot: usize,
         txid: &[u8; 32],
         identity: Option<u64>,
         now_secs: u64,
     ) -> Result<Use, UpdateError> {
-        update(store, &PaymentTable::key(slot), |bytes| match PaymentRecord::decode(bytes) {
+        update(store, &table.key(slot), |bytes| match PaymentRecord::decode(bytes) {
             Some(record) if record.txid == *txid => {
                 let (next, result) = self.apply(&record, identity, now_secs);
                 (next.map(|r| r.encode()), result)
@@ -89,19 +90,20 @@ mod tests {
 
     const T: [u8; 32] = [7; 32];
 
-    fn setup() -> (MemoryStore, usize) {
+    fn setup() -> (MemoryStore, PaymentTable, usize) {
         let store = MemoryStore::default();
-        let table = PaymentTable::new(4);
+        let table = PaymentTable::new("txgate/test/", "p", 4, Some(60));
         table.create(&store);
-        let slot = table.put(&store, &T, PaymentState::Unconfirmed { paid_sats: 1, seen_at_tip: 0 }, 0, 0).unwrap();
-        (store, slot)
+        let state = PaymentState::Unconfirmed { paid_sats: 1, seen_at_tip: 0 };
+        let slot = table.put(&store, &T, state, 0, 0, 0).unwrap();
+        (store, table, slot)
     }
 
     #[test]
     fn request_grant_runs_out_exactly() {
-        let (store, slot) = setup();
+        let (store, table, slot) = setup();
         let grant = Grant { requests: Some(3), window: None };
-        let uses: Vec<Use> = (0..5).map(|_| grant.consume(&store, slot, &T, None, 100).unwrap()).collect();
+        let uses: Vec<Use> = (0..5).map(|_| grant.consume(&store, &table, slot, &T, None, 100).unwrap()).collect();
         assert_eq!(
             uses,
             vec![
@@ -116,12 +118,12 @@ mod tests {
 
     #[test]
     fn request_grant_is_exact_under_concurrent_writers() {
-        let (store, slot) = setup();
+        let (store, table, slot) = setup();
         let grant = Grant { requests: Some(10), window: None };
         let mut granted = 0;
         for i in 0..20 {
             store.interfering_writes.set(i % 4);
-            if let Ok(Use::Granted { .. }) = grant.consume(&store, slot, &T, None, 1) {
+            if let Ok(Use::Granted { .. }) = grant.consume(&store, &table, slot, &T, None, 1) {
                 granted += 1;
             }
         }
@@ -130,35 +132,35 @@ mod tests {
 
     #[test]
     fn window_starts_at_first_use_and_closes() {
-        let (store, slot) = setup();
+        let (store, table, slot) = setup();
         let grant = Grant { requests: None, window: Some(Duration::from_secs(60)) };
-        assert_eq!(grant.consume(&store, slot, &T, None, 1000).unwrap(), Use::Granted { remaining: None });
-        assert_eq!(grant.consume(&store, slot, &T, None, 1059).unwrap(), Use::Granted { remaining: None });
-        assert_eq!(grant.consume(&store, slot, &T, None, 1060).unwrap(), Use::Exhausted);
+        assert_eq!(grant.consume(&store, &table, slot, &T, None, 1000).unwrap(), Use::Granted { remaining: None });
+        assert_eq!(grant.consume(&store, &table, slot, &T, None, 1059).unwrap(), Use::Granted { remaining: None });
+        assert_eq!(grant.consume(&store, &table, slot, &T, None, 1060).unwrap(), Use::Exhausted);
     }
 
     #[test]
     fn unlimited_grant_writes_nothing_after_first_use() {
-        let (store, slot) = setup();
+        let (store, table, slot) = setup();
         let grant = Grant::default();
-        grant.consume(&store, slot, &T, None, 5).unwrap();
-        let before = store.get(&PaymentTable::key(slot)).unwrap();
-        grant.consume(&store, slot, &T, None, 6).unwrap();
-        assert_eq!(store.get(&PaymentTable::key(slot)).unwrap(), before, "no write, same version");
+        grant.consume(&store, &table, slot, &T, None, 5).unwrap();
+        let before = store.get(&table.key(slot)).unwrap();
+        grant.consume(&store, &table, slot, &T, None, 6).unwrap();
+        assert_eq!(store.get(&table.key(slot)).unwrap(), before, "no write, same version");
     }
 
     #[test]
     fn binding_holds_for_the_first_identity() {
-        let (store, slot) = setup();
+        let (store, table, slot) = setup();
         let grant = Grant::default();
-        assert!(matches!(grant.consume(&store, slot, &T, Some(11), 1).unwrap(), Use::Granted { .. }));
-        assert!(matches!(grant.consume(&store, slot, &T, Some(11), 2).unwrap(), Use::Granted { .. }));
-        assert_eq!(grant.consume(&store, slot, &T, Some(12), 3).unwrap(), Use::BoundToOther);
+        assert!(matches!(grant.consume(&store, &table, slot, &T, Some(11), 1).unwrap(), Use::Granted { .. }));
+        assert!(matches!(grant.consume(&store, &table, slot, &T, Some(11), 2).unwrap(), Use::Granted { .. }));
+        assert_eq!(grant.consume(&store, &table, slot, &T, Some(12), 3).unwrap(), Use::BoundToOther);
     }
 
     #[test]
     fn an_evicted_entry_is_reported_gone() {
-        let (store, slot) = setup();
-        assert_eq!(Grant::default().consume(&store, slot, &[8; 32], None, 1).unwrap(), Use::Gone);
+        let (store, table, slot) = setup();
+        assert_eq!(Grant::default().consume(&store, &table, slot, &[8; 32], None, 1).unwrap(), Use::Gone);
     }
 }

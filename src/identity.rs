@@ -1,7 +1,9 @@
 //! Who a client is, for binding payments and for the penalty box: an API-key header, the mTLS
 //! peer principal, or the source address.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+
+use crate::scope::fnv1a64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentitySource {
@@ -39,12 +41,43 @@ pub fn strip_port(address: &str) -> &str {
     }
 }
 
-/// A stable, never-zero digest of an identity, so that raw API keys never sit in shared memory.
-/// Every worker runs the same module, so `DefaultHasher`'s fixed keys agree across workers.
-pub fn identity_hash(value: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish().max(1)
+/// The client a source address stands for: an IPv4 address, or the /64 an IPv6 client holds
+/// (one subscriber gets a whole /64, so single addresses would be free to rotate).
+pub fn client_address(address: &str) -> String {
+    let host = strip_port(address);
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => host.to_string(),
+    }
+}
+
+/// A stable, never-zero digest of an identity (FNV-1a 64 of the source's name and the value), so
+/// that raw API keys never sit in shared memory and two sources never share a bucket.
+pub fn identity_hash(source: &IdentitySource, value: &[u8]) -> u64 {
+    let tag: &[u8] = match source {
+        IdentitySource::Header(name) => name.as_bytes(),
+        IdentitySource::MtlsPrincipal => b"@mtls",
+        IdentitySource::SourceAddress => b"@source",
+    };
+    fnv1a64(&[tag, value]).max(1)
+}
+
+impl IdentitySource {
+    /// How a client presents this identity, for the `identity_required` answer.
+    pub fn describe(&self) -> String {
+        match self {
+            IdentitySource::Header(name) => format!("header {name}"),
+            IdentitySource::MtlsPrincipal => "an mTLS client certificate".to_string(),
+            IdentitySource::SourceAddress => "a source address".to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,8 +104,21 @@ mod tests {
 
     #[test]
     fn hashes_are_stable_distinct_and_non_zero() {
-        assert_eq!(identity_hash(b"key-1"), identity_hash(b"key-1"));
-        assert_ne!(identity_hash(b"key-1"), identity_hash(b"key-2"));
-        assert_ne!(identity_hash(b""), 0);
+        let key = IdentitySource::Header("x-api-key".into());
+        assert_eq!(identity_hash(&key, b"key-1"), identity_hash(&key, b"key-1"));
+        assert_ne!(identity_hash(&key, b"key-1"), identity_hash(&key, b"key-2"));
+        assert_ne!(identity_hash(&key, b"10.0.0.1"), identity_hash(&IdentitySource::SourceAddress, b"10.0.0.1"));
+        assert_ne!(identity_hash(&key, b""), 0);
+        // FNV-1a 64 is specified: this value must never change between releases.
+        assert_eq!(identity_hash(&IdentitySource::SourceAddress, b"10.0.0.1"), 0x1ac7_05a3_bfaa_bd24);
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64() {
+        assert_eq!(client_address("[2001:db8:1:2:aaaa::1]:443"), "2001:db8:1:2::/64");
+        assert_eq!(client_address("[2001:db8:1:2:ffff::9]:1"), "2001:db8:1:2::/64");
+        assert_ne!(client_address("[2001:db8:1:3::1]:1"), "2001:db8:1:2::/64");
+        assert_eq!(client_address("10.1.2.3:5555"), "10.1.2.3");
+        assert_eq!(client_address("[::ffff:10.1.2.3]:5555"), "10.1.2.3");
     }
 }

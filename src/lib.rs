@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::len_without_is_empty))]
 
 pub mod address;
+pub mod allowance;
 pub mod breaker;
 pub mod cache;
 pub mod config;
@@ -18,10 +19,12 @@ pub mod grant;
 pub mod identity;
 pub mod memo;
 pub mod metrics;
+pub mod path;
 pub mod payment;
 pub mod penalty;
 pub mod record;
 pub mod rejection;
+pub mod scope;
 pub mod store;
 pub mod txid;
 

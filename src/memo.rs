@@ -5,10 +5,10 @@
 //! Every shared-data read is two crossings of the VM boundary (the call and the host allocating
 //! the copy in wasm memory); on the warm path those crossings are most of the filter's cost.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::cache::{read_tip, PaymentRecord, PaymentState};
+use crate::cache::{PaymentRecord, PaymentState, Tips};
 use crate::store::SharedStore;
 
 /// How long a worker trusts its copy of the shared tip before reading it again.
@@ -17,13 +17,13 @@ const TIP_MEMO_MS: u64 = 1_000;
 pub struct LocalMemo {
     payments: RefCell<HashMap<[u8; 32], (usize, PaymentRecord)>>,
     capacity: usize,
-    /// (height, when the shared tip was read from the explorer, when this worker copied it).
-    tip: Cell<Option<(u64, u64, u64)>>,
+    /// Per explorer: (height, when the shared tip was read from the explorer, when copied here).
+    tips: RefCell<Vec<Option<(u64, u64, u64)>>>,
 }
 
 impl LocalMemo {
     pub fn new(capacity: usize) -> LocalMemo {
-        LocalMemo { payments: RefCell::new(HashMap::new()), capacity, tip: Cell::new(None) }
+        LocalMemo { payments: RefCell::new(HashMap::new()), capacity, tips: RefCell::new(Vec::new()) }
     }
 
     pub fn payment(&self, txid: &[u8; 32]) -> Option<(usize, PaymentRecord)> {
@@ -43,28 +43,43 @@ impl LocalMemo {
         }
     }
 
-    /// The shared tip as (height, read-at ms), from this worker's copy when it is recent.
-    pub fn tip(&self, store: &dyn SharedStore, now_ms: u64) -> Option<(u64, u64)> {
-        if let Some((height, at, copied)) = self.tip.get() {
-            if now_ms < copied.saturating_add(TIP_MEMO_MS) {
-                return Some((height, at));
+    /// `explorer`'s shared tip as (height, read-at ms), from this worker's copy when it is recent.
+    pub fn tip(&self, tips: &Tips, store: &dyn SharedStore, explorer: u64, now_ms: u64) -> Option<(u64, u64)> {
+        let index = usize::try_from(explorer).unwrap_or(usize::MAX);
+        if let Ok(memo) = self.tips.try_borrow() {
+            if let Some(Some((height, at, copied))) = memo.get(index) {
+                if now_ms < copied.saturating_add(TIP_MEMO_MS) {
+                    return Some((*height, *at));
+                }
             }
         }
-        let shared = read_tip(store);
-        self.tip.set(shared.map(|(height, at)| (height, at, now_ms)));
+        let shared = tips.read(store, explorer);
+        if let Ok(mut memo) = self.tips.try_borrow_mut() {
+            if index < 64 {
+                if memo.len() <= index {
+                    memo.resize(index.saturating_add(1), None);
+                }
+                if let Some(entry) = memo.get_mut(index) {
+                    *entry = shared.map(|(height, at)| (height, at, now_ms));
+                }
+            }
+        }
         shared
     }
 
-    /// After this worker wrote the shared tip.
-    pub fn forget_tip(&self) {
-        self.tip.set(None);
+    /// After this worker wrote `explorer`'s shared tip.
+    pub fn forget_tip(&self, explorer: u64) {
+        if let Ok(mut memo) = self.tips.try_borrow_mut() {
+            if let Some(entry) = memo.get_mut(usize::try_from(explorer).unwrap_or(usize::MAX)) {
+                *entry = None;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{write_tip, PaymentTable};
     use crate::esplora::BlockPlace;
     use crate::store::memory::MemoryStore;
 
@@ -88,16 +103,19 @@ mod tests {
     #[test]
     fn tip_is_read_at_most_once_a_second() {
         let store = MemoryStore::default();
-        PaymentTable::new(1).create(&store);
-        write_tip(&store, 100, 0).unwrap();
+        let tips = Tips::new("txgate/t/", 2);
+        tips.create(&store);
+        tips.write(&store, 0, 100, 0).unwrap();
         let memo = LocalMemo::new(4);
-        assert_eq!(memo.tip(&store, 10), Some((100, 0)));
-        write_tip(&store, 101, 20).unwrap();
+        assert_eq!(memo.tip(&tips, &store, 0, 10), Some((100, 0)));
+        tips.write(&store, 0, 101, 20).unwrap();
         let reads = store.gets.get();
-        assert_eq!(memo.tip(&store, 500), Some((100, 0)), "copy still recent");
+        assert_eq!(memo.tip(&tips, &store, 0, 500), Some((100, 0)), "copy still recent");
         assert_eq!(store.gets.get(), reads);
-        assert_eq!(memo.tip(&store, 1_010), Some((101, 20)));
-        memo.forget_tip();
-        assert_eq!(memo.tip(&store, 1_011), Some((101, 20)));
+        assert_eq!(memo.tip(&tips, &store, 0, 1_010), Some((101, 20)));
+        tips.write(&store, 0, 102, 1_011).unwrap();
+        memo.forget_tip(0);
+        assert_eq!(memo.tip(&tips, &store, 0, 1_012), Some((102, 1_011)), "forgotten copies are read again");
+        assert_eq!(memo.tip(&tips, &store, 1, 1_012), None, "each explorer has its own tip");
     }
 }

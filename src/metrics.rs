@@ -15,6 +15,14 @@ pub enum Counter {
     Rejected(RejectionKind),
     ExplorerCalls,
     ExplorerErrors,
+    /// Requests whose raw path differed from its canonical form (priced by the canonical one).
+    NonCanonicalPaths,
+    /// CORS preflights let through without payment.
+    Preflights,
+    /// A verified payment that found no slot it could take without losing a count or binding.
+    LedgerFull,
+    /// Requests refused an unverified pass because the client used up its fail-open allowance.
+    FailOpenLimited,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -32,10 +40,14 @@ pub enum RejectionKind {
     ClientBanned,
     VerificationBusy,
     Internal,
+    InvalidPath,
+    TxTooLarge,
+    IdentityRequired,
+    LedgerFull,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 28] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -54,8 +66,16 @@ impl Counter {
         Counter::Rejected(RejectionKind::ClientBanned),
         Counter::Rejected(RejectionKind::VerificationBusy),
         Counter::Rejected(RejectionKind::Internal),
+        Counter::Rejected(RejectionKind::InvalidPath),
+        Counter::Rejected(RejectionKind::TxTooLarge),
+        Counter::Rejected(RejectionKind::IdentityRequired),
+        Counter::Rejected(RejectionKind::LedgerFull),
         Counter::ExplorerCalls,
         Counter::ExplorerErrors,
+        Counter::NonCanonicalPaths,
+        Counter::Preflights,
+        Counter::LedgerFull,
+        Counter::FailOpenLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,9 +99,17 @@ impl Counter {
                 RejectionKind::ClientBanned => "txgate_rejected_client_banned",
                 RejectionKind::VerificationBusy => "txgate_rejected_verification_busy",
                 RejectionKind::Internal => "txgate_rejected_internal_error",
+                RejectionKind::InvalidPath => "txgate_rejected_invalid_path",
+                RejectionKind::TxTooLarge => "txgate_rejected_tx_too_large",
+                RejectionKind::IdentityRequired => "txgate_rejected_identity_required",
+                RejectionKind::LedgerFull => "txgate_rejected_ledger_full",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
             Counter::ExplorerErrors => "txgate_explorer_errors",
+            Counter::NonCanonicalPaths => "txgate_paths_non_canonical",
+            Counter::Preflights => "txgate_requests_preflight",
+            Counter::LedgerFull => "txgate_ledger_full",
+            Counter::FailOpenLimited => "txgate_failed_open_limited",
         }
     }
 
@@ -106,6 +134,10 @@ impl Rejection {
             Rejection::ClientBanned { .. } => RejectionKind::ClientBanned,
             Rejection::VerificationBusy => RejectionKind::VerificationBusy,
             Rejection::Internal => RejectionKind::Internal,
+            Rejection::InvalidPath => RejectionKind::InvalidPath,
+            Rejection::TxTooLarge => RejectionKind::TxTooLarge,
+            Rejection::IdentityRequired { .. } => RejectionKind::IdentityRequired,
+            Rejection::LedgerFull => RejectionKind::LedgerFull,
         })
     }
 }
@@ -129,6 +161,10 @@ mod tests {
             Rejection::ClientBanned { retry_after_secs: 1 },
             Rejection::VerificationBusy,
             Rejection::Internal,
+            Rejection::InvalidPath,
+            Rejection::TxTooLarge,
+            Rejection::IdentityRequired { identity: "header:x-api-key".into() },
+            Rejection::LedgerFull,
         ];
         for r in rejections {
             assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));

@@ -10,16 +10,23 @@ use crate::identity::IdentitySource;
 use crate::record::{put_u64, Reader};
 use crate::store::{update, SharedStore, UpdateError};
 
-const VERSION: u8 = 1;
-pub const CLIENT_RECORD_LEN: usize = 1 + 5 * 8;
+const VERSION: u8 = 2;
+pub const CLIENT_RECORD_LEN: usize = 1 + 6 * 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PenaltyConfig {
     pub identity: IdentitySource,
     pub max_strikes: u32,
+    /// When the identity is a header or certificate (which a client may rotate), its source
+    /// address is struck too and banned after `max_strikes × source_factor` strikes (0: never).
+    /// Higher than `max_strikes` because many honest clients may share one address (NAT, a
+    /// gateway in front).
+    pub source_factor: u32,
     pub find_time: Duration,
     pub ban_time: Duration,
     pub slots: usize,
+    /// `<clients scope>c/`, set once the configuration's scope is known.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,13 +36,15 @@ pub struct ClientRecord {
     pub window_start: u64,
     pub banned_until: u64,
     pub last_strike: u64,
+    /// Unix seconds when this client was first seen, 0 if never recorded.
+    pub first_seen: u64,
 }
 
 impl ClientRecord {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(CLIENT_RECORD_LEN);
         out.push(VERSION);
-        for v in [self.id, self.strikes, self.window_start, self.banned_until, self.last_strike] {
+        for v in [self.id, self.strikes, self.window_start, self.banned_until, self.last_strike, self.first_seen] {
             put_u64(&mut out, v);
         }
         out
@@ -52,6 +61,7 @@ impl ClientRecord {
             window_start: r.u64()?,
             banned_until: r.u64()?,
             last_strike: r.u64()?,
+            first_seen: r.u64()?,
         })
     }
 }
@@ -59,13 +69,31 @@ impl ClientRecord {
 impl PenaltyConfig {
     pub fn key(&self, id: u64) -> String {
         let slots = u64::try_from(self.slots.max(1)).unwrap_or(1);
-        format!("txgate/c/{}", id.checked_rem(slots).unwrap_or(0))
+        format!("{}{}", self.prefix, id.checked_rem(slots).unwrap_or(0))
     }
 
     pub fn create(&self, store: &dyn SharedStore) {
         for slot in 0..self.slots {
-            store.create_if_missing(&format!("txgate/c/{slot}"), &[]);
+            store.create_if_missing(&format!("{}{slot}", self.prefix), &[]);
         }
+    }
+
+    /// Records when a client was first seen, once (for `no_strikes_for`); a client that lost its
+    /// slot to another starts again, which only ever delays a discount.
+    pub fn touch(&self, store: &dyn SharedStore, record: &ClientRecord, now_secs: u64) {
+        if record.first_seen != 0 {
+            return;
+        }
+        let id = record.id;
+        let _ = update(store, &self.key(id), |bytes| {
+            let mut r =
+                ClientRecord::decode(bytes).filter(|r| r.id == id).unwrap_or(ClientRecord { id, ..Default::default() });
+            if r.first_seen != 0 {
+                return (None, ());
+            }
+            r.first_seen = now_secs.max(1);
+            (Some(r.encode()), ())
+        });
     }
 
     /// What is known of this client; a fresh record if its slot holds someone else.
@@ -82,8 +110,31 @@ impl PenaltyConfig {
         (record.banned_until > now_secs).then(|| record.banned_until.saturating_sub(now_secs))
     }
 
+    /// Strikes that ban an identity, or a source address struck alongside another identity.
+    pub fn limit(&self, as_source: bool) -> u32 {
+        if as_source {
+            self.max_strikes.saturating_mul(self.source_factor)
+        } else {
+            self.max_strikes
+        }
+    }
+
     /// Records one strike; returns the ban length in seconds if this strike started a ban.
     pub fn strike(&self, store: &dyn SharedStore, id: u64, now_secs: u64) -> Result<Option<u64>, UpdateError> {
+        self.strike_up_to(store, id, self.max_strikes, now_secs)
+    }
+
+    /// `strike` with another number of strikes to a ban (`limit`); 0 records nothing.
+    pub fn strike_up_to(
+        &self,
+        store: &dyn SharedStore,
+        id: u64,
+        max_strikes: u32,
+        now_secs: u64,
+    ) -> Result<Option<u64>, UpdateError> {
+        if max_strikes == 0 {
+            return Ok(None);
+        }
         update(store, &self.key(id), |bytes| {
             let mut r =
                 ClientRecord::decode(bytes).filter(|r| r.id == id).unwrap_or(ClientRecord { id, ..Default::default() });
@@ -93,8 +144,11 @@ impl PenaltyConfig {
             }
             r.strikes = r.strikes.saturating_add(1);
             r.last_strike = now_secs;
+            if r.first_seen == 0 {
+                r.first_seen = now_secs.max(1);
+            }
             let mut banned = None;
-            if r.strikes >= u64::from(self.max_strikes) {
+            if r.strikes >= u64::from(max_strikes) {
                 r.banned_until = now_secs.saturating_add(self.ban_time.as_secs());
                 r.strikes = 0;
                 r.window_start = now_secs;
@@ -114,9 +168,11 @@ mod tests {
         PenaltyConfig {
             identity: IdentitySource::SourceAddress,
             max_strikes: 3,
+            source_factor: 4,
             find_time: Duration::from_secs(60),
             ban_time: Duration::from_secs(600),
             slots: 8,
+            prefix: "txgate/test/c/".to_string(),
         }
     }
 

@@ -37,6 +37,16 @@ pub enum Rejection {
     VerificationBusy,
     /// The filter itself could not do its job (host call failed, no configuration).
     Internal,
+    /// The path cannot be read one way only (encoded `/` or `\\`, `..` above the root, ...).
+    InvalidPath,
+    /// The transaction is larger than an explorer answer the filter reads.
+    TxTooLarge,
+    /// `bind_to` needs an identity that the request did not carry.
+    IdentityRequired {
+        identity: String,
+    },
+    /// Every slot that could hold a new payment holds one that is still counted or bound.
+    LedgerFull,
 }
 
 const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
@@ -60,13 +70,18 @@ impl Rejection {
             Rejection::ClientBanned { .. } => "client_banned",
             Rejection::VerificationBusy => "verification_busy",
             Rejection::Internal => "internal_error",
+            Rejection::InvalidPath => "invalid_path",
+            Rejection::TxTooLarge => "tx_too_large",
+            Rejection::IdentityRequired { .. } => "identity_required",
+            Rejection::LedgerFull => "ledger_full",
         }
     }
 
     pub fn status(&self) -> u32 {
         match self {
-            Rejection::InvalidTxid => 400,
-            Rejection::ExplorerUnavailable | Rejection::VerificationBusy => 503,
+            Rejection::InvalidTxid | Rejection::InvalidPath => 400,
+            Rejection::IdentityRequired { .. } => 401,
+            Rejection::ExplorerUnavailable | Rejection::VerificationBusy | Rejection::LedgerFull => 503,
             Rejection::ClientBanned { .. } => 429,
             Rejection::Internal => 500,
             _ => 402,
@@ -94,6 +109,12 @@ impl Rejection {
             Rejection::ClientBanned { .. } => "Too many invalid or unpaid transaction ids; wait before retrying.".to_string(),
             Rejection::VerificationBusy => "Too many payments are being verified right now; retry shortly.".to_string(),
             Rejection::Internal => INTERNAL_MESSAGE.to_string(),
+            Rejection::InvalidPath => "The request path cannot be read one way only (encoded '/' or '\\', a '\\', NUL, bad escapes or '..' above the root).".to_string(),
+            Rejection::TxTooLarge => "This transaction is too large for the payment gate to read; pay with a smaller transaction.".to_string(),
+            Rejection::IdentityRequired { identity } => {
+                format!("Payments here belong to one client: present your identity ({identity}) with the request.")
+            }
+            Rejection::LedgerFull => "The payment gate is tracking as many payments as it can hold; retry shortly.".to_string(),
         }
     }
 
@@ -120,6 +141,7 @@ impl Rejection {
                 json!({"grant": {"requests": requests, "window_secs": window_secs}})
             }
             Rejection::ClientBanned { retry_after_secs } => json!({"retry_after_secs": retry_after_secs}),
+            Rejection::IdentityRequired { identity } => json!({"identity": identity}),
             _ => json!({}),
         };
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), extra) {
@@ -137,6 +159,7 @@ impl Rejection {
         let retry_after = match self {
             Rejection::ExplorerUnavailable => Some(u64::from(EXPLORER_RETRY_AFTER_SECS)),
             Rejection::VerificationBusy => Some(1),
+            Rejection::LedgerFull => Some(5),
             Rejection::ClientBanned { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };

@@ -127,7 +127,7 @@ fn penalty_box_bans_without_explorer_calls_and_lifts() {
 #[test]
 fn discount_lowers_the_price_for_clients_following_the_policy() {
     let stack = stack(json!({"discounts": [
-        {"name": "policy-v2", "percent": 20, "header": {"name": "x-security-policy", "value": "v2"}}
+        {"name": "policy-v2", "percent": 20, "header": {"name": "x-security-policy", "value": "v2", "set_by_trusted_filter": true}}
     ]}));
     let challenge = stack.get("/api/a", &[("x-security-policy", "v2")]).json();
     assert_eq!(challenge["payment"]["price_sats"], 800);

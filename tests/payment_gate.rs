@@ -181,7 +181,7 @@ fn unreachable_explorer_fails_closed_with_503_and_envoy_keeps_serving() {
 fn failure_mode_open_forwards_marked_unverified() {
     let stack = Stack::start_with(StackOptions {
         dead_explorer: true,
-        plugin: json!({"failure_mode": "open"}),
+        plugin: json!({"failure_mode": "open", "fail_open": {"acknowledged": true}}),
         ..StackOptions::default()
     });
     let reply = stack.paid_get("/api/data", UNKNOWN_TXID);

@@ -590,12 +590,12 @@ proptest! {
 
 // ---------------------------------------------------------------- payment records
 
-/// Raw record fields: version 1, a kind byte (1 confirmed, 2 mempool, 3 not found), the txid
-/// and eight u64 fields. Records are built through `decode` so that every state, whatever fields
+/// Raw record fields: version 2, a kind byte (1 confirmed, 2 mempool, 3 not found), the txid
+/// and nine u64 fields. Records are built through `decode` so that every state, whatever fields
 /// it carries, is covered without this file naming them.
 fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
-    (1u8..=3, any::<[u8; 32]>(), prop::collection::vec(edgy_u64(), 8)).prop_map(|(kind, txid, fields)| {
-        let mut out = vec![1u8, kind];
+    (1u8..=3, any::<[u8; 32]>(), prop::collection::vec(edgy_u64(), 9)).prop_map(|(kind, txid, fields)| {
+        let mut out = vec![2u8, kind];
         out.extend_from_slice(&txid);
         for f in fields {
             out.extend_from_slice(&f.to_le_bytes());

@@ -58,8 +58,9 @@ impl DemoApi {
         let path = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
         // Body size and digest let tests check that a body held back while paused arrives whole.
         let digest = bitcoin::hashes::sha256::Hash::hash(&req.body);
+        let trailers: Map<String, Value> = req.trailers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         seen.push(json!({
-            "method": req.method, "path": path, "headers": headers,
+            "method": req.method, "path": path, "headers": headers, "trailers": trailers,
             "body_bytes": req.body.len(), "body_sha256": digest.to_string(),
         }));
         let body = json!({

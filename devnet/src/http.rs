@@ -28,6 +28,8 @@ pub struct Request {
     /// Header names are lowercased; order and duplicates are preserved.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Trailers of a chunked body (names lowercased).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -182,7 +184,7 @@ impl Conn {
         }
     }
 
-    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+    fn read_chunked(&mut self) -> io::Result<(Vec<u8>, Vec<(String, String)>)> {
         let mut body = Vec::new();
         loop {
             let line = self.take_line()?;
@@ -190,8 +192,16 @@ impl Conn {
             let size = usize::from_str_radix(size_hex, 16).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
             if size == 0 {
                 // Trailer section ends with an empty line.
-                while !self.take_line()?.is_empty() {}
-                return Ok(body);
+                let mut trailers = Vec::new();
+                loop {
+                    let line = self.take_line()?;
+                    if line.is_empty() {
+                        return Ok((body, trailers));
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        trailers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    }
+                }
             }
             if body.len() + size > MAX_BODY {
                 return Err(io::ErrorKind::InvalidData.into());
@@ -241,6 +251,7 @@ fn parse_head(buf: &[u8]) -> Head {
                     .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect(),
                 body: Vec::new(),
+                trailers: Vec::new(),
             };
             Head::Request { req, version: parsed.version.unwrap_or(1), consumed }
         }
@@ -282,7 +293,7 @@ fn serve_connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
 
         let chunked = req.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         if chunked {
-            req.body = conn.read_chunked()?;
+            (req.body, req.trailers) = conn.read_chunked()?;
         } else if let Some(len) = req.header("content-length") {
             let Ok(len) = len.trim().parse::<usize>() else {
                 return conn.send(&Response::text(400, "bad content-length"), false);

@@ -209,4 +209,11 @@ pub fn count_effects(metrics: &Metrics, effects: Effects) {
     if effects.banned {
         metrics.count(Counter::Bans);
     }
+    if effects.ledger_full {
+        log::warn!("txgate: a verified payment found no free cache slot; raise cache.max_entries");
+        metrics.count(Counter::LedgerFull);
+    }
+    if effects.fail_open_limited {
+        metrics.count(Counter::FailOpenLimited);
+    }
 }

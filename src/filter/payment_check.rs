@@ -12,13 +12,41 @@ use super::host::{self, HostStore, Metrics};
 use super::root::arm_tick;
 use super::verifier::{Enqueued, Verifier};
 use crate::config::AccessRef;
+use crate::discount::Condition;
 use crate::gate::{Gate, RequestFacts, Verdict};
-use crate::identity::IdentitySource;
+use crate::identity::{client_address, identity_hash, IdentitySource};
 use crate::metrics::{Counter, RejectionKind};
+use crate::path;
 use crate::rejection::Rejection;
 
 /// Headers only the filter may set; whatever a client sends under this prefix is removed.
 const OWN_HEADER_PREFIX: &str = "x-txgate-";
+
+/// Whether a header or trailer name is one of ours, also spelled with `_` for `-` (CGI, WSGI,
+/// PHP and Rack map both to the same variable, `HTTP_X_TXGATE_...`).
+fn is_own_header(name: &str) -> bool {
+    let n = name.as_bytes();
+    let p = OWN_HEADER_PREFIX.as_bytes();
+    n.len() >= p.len()
+        && n.iter().zip(p).all(|(a, b)| {
+            let a = if *a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            a == *b
+        })
+}
+
+/// Claims that Envoy's `jwt_authn` filter verified, for the discounts that ask about them.
+fn jwt_claims(config: &crate::config::Config) -> Vec<(String, String, String)> {
+    let mut claims = Vec::new();
+    for d in &config.discounts {
+        if let Condition::JwtClaim { metadata_key, claim, .. } = &d.condition {
+            let path = ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", metadata_key, claim];
+            if let Some(value) = host::property(&path) {
+                claims.push((metadata_key.clone(), claim.clone(), value));
+            }
+        }
+    }
+    claims
+}
 
 pub struct PaymentCheck {
     id: u32,
@@ -43,41 +71,71 @@ impl PaymentCheck {
         };
         let config = &gate.config;
         let mut forged = false;
-        let mut path = "";
+        let mut raw_path: &[u8] = b"";
+        let mut preflight = (false, false, false);
         let mut txids: Vec<&[u8]> = Vec::new();
         for (name, value) in &headers {
-            if name == ":path" {
-                path = std::str::from_utf8(value).unwrap_or("");
-            } else if *name == config.header {
-                txids.push(value);
-            } else if name.starts_with(OWN_HEADER_PREFIX) {
-                forged = true;
+            match name.as_str() {
+                ":path" => raw_path = value,
+                ":method" => preflight.0 = value.as_slice() == b"OPTIONS",
+                "origin" => preflight.1 = true,
+                "access-control-request-method" => preflight.2 = true,
+                _ if *name == config.header => txids.push(value),
+                _ if is_own_header(name) => forged = true,
+                _ => {}
             }
         }
+        let canonical = match path::canonicalize(raw_path) {
+            Ok(p) => p,
+            Err(why) => {
+                log::info!("#{} txgate: refused path {:?}: {why}", self.id, String::from_utf8_lossy(raw_path));
+                return self.refuse(gate, Rejection::InvalidPath);
+            }
+        };
+        let raw_without_query = raw_path.split(|b| *b == b'?' || *b == b'#').next().unwrap_or(raw_path);
+        if canonical.as_bytes() != raw_without_query {
+            // Priced as its canonical form; counted so that path tricks show up in the metrics.
+            self.metrics.count(Counter::NonCanonicalPaths);
+            log::debug!(
+                "#{} txgate: path {:?} priced as {canonical:?}",
+                self.id,
+                String::from_utf8_lossy(raw_without_query)
+            );
+        }
+        let matching = path::matching_form(&canonical);
         // A free route needs nothing else from the host: no identity, no clock, no shared data.
-        if config.access_for(path) == AccessRef::Free {
+        if config.access_for(&matching) == AccessRef::Free {
+            return self.forward(gate, &headers, forged, &Verdict::Free);
+        }
+        // A CORS preflight carries no credentials by design; browsers send it before the paid
+        // request and fail the page when it is refused.
+        if preflight == (true, true, true) {
+            self.metrics.count(Counter::Preflights);
             return self.forward(gate, &headers, forged, &Verdict::Free);
         }
         let uses = |source: &IdentitySource| {
             config.bind_to.as_ref() == Some(source) || config.penalty.as_ref().is_some_and(|p| &p.identity == source)
         };
         let principal = (uses(&IdentitySource::MtlsPrincipal)
-            || config.discounts.iter().any(|d| matches!(d.condition, crate::discount::Condition::MtlsPrincipalIn(_))))
+            || config.discounts.iter().any(|d| matches!(d.condition, Condition::MtlsPrincipalIn(_))))
         .then(|| host::property(&["connection", "uri_san_peer_certificate"]))
         .flatten();
-        let source_address =
-            uses(&IdentitySource::SourceAddress).then(|| host::property(&["source", "address"])).flatten();
+        let source_address = (config.penalty.is_some() || uses(&IdentitySource::SourceAddress))
+            .then(|| host::property(&["source", "address"]))
+            .flatten();
+        let claims = jwt_claims(config);
         let now_ms = host::now_unix_ms();
         let facts = RequestFacts {
-            path,
+            path: &matching,
             headers: &headers,
             principal: principal.as_deref(),
             source_address: source_address.as_deref(),
+            claims: &claims,
             now_ms,
         };
         let (verdict, effects) = gate.admit(&HostStore, &facts, &txids);
         host::count_effects(&self.metrics, effects);
-        let ticket = match verdict {
+        let mut ticket = match verdict {
             Verdict::Lookup(ticket) => ticket,
             Verdict::Reject { rejection, policy } => {
                 host::send_rejection(self.id, gate, &self.metrics, &rejection, policy.as_ref());
@@ -85,6 +143,11 @@ impl PaymentCheck {
             }
             forwarded => return self.forward(gate, &headers, forged, &forwarded),
         };
+        if ticket.client_key == 0 {
+            // Lookups are limited per client: read who this is only now, on the cold path.
+            let source = host::property(&["source", "address"]).unwrap_or_default();
+            ticket.client_key = identity_hash(&IdentitySource::SourceAddress, client_address(&source).as_bytes());
+        }
         // The request will go on later, from the root context: drop forged headers now.
         if forged && !self.remove_forged(&headers) {
             return self.refuse(gate, Rejection::Internal);
@@ -93,11 +156,11 @@ impl PaymentCheck {
             return self.refuse(gate, Rejection::VerificationBusy);
         };
         let txid = ticket.txid.clone();
-        match v.enqueue(self.id, ticket, config.max_inflight, now_ms) {
+        match v.enqueue(gate, self.id, ticket, now_ms) {
             Enqueued::Joined => {}
             Enqueued::Started => {
                 if !arm_tick(&mut v) {
-                    v.lookups.remove(&txid);
+                    v.finish(&txid);
                     v.pending.retain(|t| *t != txid);
                     drop(v);
                     return self.refuse(gate, Rejection::Internal);
@@ -123,7 +186,7 @@ impl PaymentCheck {
         } else {
             let mut map: Vec<(&str, &[u8])> = headers
                 .iter()
-                .filter(|(name, _)| !name.starts_with(OWN_HEADER_PREFIX))
+                .filter(|(name, _)| !is_own_header(name))
                 .map(|(name, value)| (name.as_str(), value.as_slice()))
                 .collect();
             map.extend(ours.iter().map(|(name, value)| (*name, value.as_bytes())));
@@ -139,7 +202,7 @@ impl PaymentCheck {
     fn remove_forged(&self, headers: &[(String, Vec<u8>)]) -> bool {
         let mut removed: Vec<&str> = Vec::new();
         for (name, _) in headers {
-            if name.starts_with(OWN_HEADER_PREFIX) && !removed.contains(&name.as_str()) {
+            if is_own_header(name) && !removed.contains(&name.as_str()) {
                 if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
                     log::error!("#{} txgate: removing client header {name} failed: {status:?}", self.id);
                     return false;
@@ -168,6 +231,21 @@ impl Context for PaymentCheck {
 }
 
 impl HttpContext for PaymentCheck {
+    /// Forged `x-txgate-*` trailers would reach an HTTP/2 backend that reads trailers.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Ok(trailers) = hostcalls::get_map_bytes(MapType::HttpRequestTrailers) else { return Action::Continue };
+        let mut removed: Vec<&str> = Vec::new();
+        for (name, _) in &trailers {
+            if is_own_header(name) && !removed.contains(&name.as_str()) {
+                if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestTrailers, name) {
+                    log::error!("#{} txgate: removing client trailer {name} failed: {status:?}", self.id);
+                }
+                removed.push(name);
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.gate.clone() {
             Some(gate) => self.check(&gate),

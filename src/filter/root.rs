@@ -91,18 +91,28 @@ impl FilterRoot {
             Some((token, explorer)) => {
                 v.calls.insert(token, Call::Tx { txid, explorer });
             }
-            None => done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None })),
+            None => done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: from })),
         }
     }
 
-    fn dispatch_tip(&self, gate: &Gate, v: &mut Verifier, from: usize, now_ms: u64, done: &mut Finished) {
-        match self.dispatch_with_failover(gate, v, from, "/blocks/tip/height", gate.config.timeout, now_ms) {
-            Some((token, explorer)) => {
+    /// Reads the tip of `explorer` itself: confirmations are counted with the tip of the explorer
+    /// that answered for the transaction, so one explorer's tip never inflates another's answers.
+    fn dispatch_tip(&self, gate: &Gate, v: &mut Verifier, explorer: usize, now_ms: u64, done: &mut Finished) {
+        if v.tips_in_flight.contains(&explorer) {
+            return;
+        }
+        self.count(Counter::ExplorerCalls);
+        match Self::dispatch(gate, explorer, "/blocks/tip/height", gate.config.timeout) {
+            Ok(token) => {
                 v.calls.insert(token, Call::Tip { explorer });
-                v.tip_in_flight = true;
+                v.tips_in_flight.push(explorer);
             }
-            // No explorer can tell the tip: whoever waits for it is decided without one.
-            None => release_tip_waiters(v, None, done),
+            Err(_) => {
+                self.count(Counter::ExplorerErrors);
+                self.explorer_failed(gate, v, explorer, now_ms);
+                // This explorer cannot tell its tip: whoever waits for it is decided without one.
+                release_tip_waiters(v, explorer, None, done);
+            }
         }
     }
 
@@ -145,37 +155,39 @@ impl FilterRoot {
     ) {
         match answer {
             Err(error) => {
-                self.count(Counter::ExplorerErrors);
                 log::warn!("txgate: explorer {explorer} answer for {txid} unusable: {error}");
-                self.explorer_failed(gate, v, explorer, now_ms);
+                // A transaction too large to read is a fact about the transaction: another
+                // explorer may still serve it, but this one is not failing, so no breaker trips.
+                if !matches!(error, ExplorerError::TooLarge(_)) {
+                    self.count(Counter::ExplorerErrors);
+                    self.explorer_failed(gate, v, explorer, now_ms);
+                }
                 let next = explorer.saturating_add(1);
                 if next < gate.config.explorers.len() && Self::within_deadline(gate, v, &txid, now_ms) {
                     self.dispatch_tx(gate, v, txid, next, now_ms, done);
                 } else {
-                    done.push((txid, LookupResult { tx: Err(error), tip: None }));
+                    done.push((txid, LookupResult { tx: Err(error), tip: None, explorer }));
                 }
             }
             Ok(lookup) => {
                 if let Some(b) = v.breakers.get_mut(explorer) {
                     b.success();
                 }
-                // A block above the shared tip proves that tip old: read it again.
                 let block_height = match &lookup {
                     TxLookup::Found(f) => f.block.map(|b| b.height),
                     TxLookup::NotFound => None,
                 };
-                let tip_old = |height: u64| {
-                    gate.tip_needed(&HostStore, now_ms) || gate.shared_tip(&HostStore).is_none_or(|tip| tip < height)
-                };
-                if block_height.is_some_and(|h| v.tip_in_flight || tip_old(h)) {
+                // A block above this explorer's known tip proves that tip old: read it again.
+                let needs_tip = block_height.is_some_and(|h| {
+                    v.tips_in_flight.contains(&explorer) || gate.tip_needed(&HostStore, explorer, Some(h), now_ms)
+                });
+                if needs_tip {
                     if let Some(l) = v.lookups.get_mut(&txid) {
-                        l.tx = Some(Ok(lookup));
+                        l.tx = Some((Ok(lookup), explorer));
                     }
-                    if !v.tip_in_flight {
-                        self.dispatch_tip(gate, v, 0, now_ms, done);
-                    }
+                    self.dispatch_tip(gate, v, explorer, now_ms, done);
                 } else {
-                    done.push((txid, LookupResult { tx: Ok(lookup), tip: None }));
+                    done.push((txid, LookupResult { tx: Ok(lookup), tip: None, explorer }));
                 }
             }
         }
@@ -190,20 +202,20 @@ impl FilterRoot {
         now_ms: u64,
         done: &mut Finished,
     ) {
-        v.tip_in_flight = false;
+        v.tips_in_flight.retain(|e| *e != explorer);
         match answer {
             Ok(height) => {
                 if let Some(b) = v.breakers.get_mut(explorer) {
                     b.success();
                 }
-                gate.record_tip(&HostStore, height, now_ms);
-                release_tip_waiters(v, Some(height), done);
+                gate.record_tip(&HostStore, explorer, height, now_ms);
+                release_tip_waiters(v, explorer, Some(height), done);
             }
             Err(error) => {
                 self.count(Counter::ExplorerErrors);
                 log::warn!("txgate: explorer {explorer} tip height unusable: {error}");
                 self.explorer_failed(gate, v, explorer, now_ms);
-                self.dispatch_tip(gate, v, explorer.saturating_add(1), now_ms, done);
+                release_tip_waiters(v, explorer, None, done);
             }
         }
     }
@@ -214,12 +226,12 @@ impl FilterRoot {
         let now_ms = host::now_unix_ms();
         for (txid, result) in done {
             let waiters = match self.verifier.try_borrow_mut() {
-                Ok(mut v) => v.lookups.remove(&txid).map(|l| l.waiters).unwrap_or_default(),
+                Ok(mut v) => v.finish(&txid),
                 Err(_) => continue,
             };
-            let slot = gate.remember(&HostStore, &txid, &result, now_ms);
+            let stored = gate.remember(&HostStore, &txid, &result, now_ms);
             for (context_id, ticket) in waiters {
-                let (verdict, effects) = gate.resolve(&HostStore, ticket, &result, slot, now_ms);
+                let (verdict, effects) = gate.resolve(&HostStore, ticket, &result, stored, now_ms);
                 host::count_effects(metrics, effects);
                 // A request that ended while waiting is gone from the host: nothing to answer.
                 if hostcalls::set_effective_context(context_id).is_err() {
@@ -231,12 +243,12 @@ impl FilterRoot {
     }
 }
 
-/// Finishes every lookup that had its transaction answer and waited only for the tip.
-fn release_tip_waiters(v: &mut Verifier, tip: Option<u64>, done: &mut Finished) {
-    v.tip_in_flight = false;
-    for txid in v.waiting_for_tip() {
-        let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take());
-        done.push((txid, LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip }));
+/// Finishes every lookup that had its transaction answer from `explorer` and waited for its tip.
+fn release_tip_waiters(v: &mut Verifier, explorer: usize, tip: Option<u64>, done: &mut Finished) {
+    v.tips_in_flight.retain(|e| *e != explorer);
+    for txid in v.waiting_for_tip(explorer) {
+        let tx = v.lookups.get_mut(&txid).and_then(|l| l.tx.take()).map(|(tx, _)| tx);
+        done.push((txid, LookupResult { tx: tx.unwrap_or(Err(ExplorerError::NoResponse)), tip, explorer }));
     }
 }
 
@@ -299,8 +311,9 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
+        let scope = crate::scope::Scopes::of(&config).payments;
         log::info!(
-            "txgate configured: network {}, {} address(es), price {} sats, {} route(s), {} explorer(s) starting with cluster {}, failure_mode {:?}, cache {} entries",
+            "txgate configured: scope {scope}, network {}, {} address(es), price {} sats, {} route(s), {} explorer(s) starting with cluster {}, failure_mode {:?}, cache {} entries",
             config.network.name(),
             config.pay_to.len(),
             config.default_policy.price_sats,
@@ -329,9 +342,12 @@ impl RootContext for FilterRoot {
         {
             let Ok(mut v) = self.verifier.try_borrow_mut() else { return };
             let pending = std::mem::take(&mut v.pending);
-            if !pending.is_empty() && !v.tip_in_flight && gate.tip_needed(&HostStore, now_ms) {
-                // Read the tip alongside, so a confirmed payment does not wait a second round trip.
-                self.dispatch_tip(&gate, &mut v, 0, now_ms, &mut done);
+            // Read the tip alongside, from the explorer the lookups will ask first, so a
+            // confirmed payment does not wait a second round trip.
+            if let Some(first) = first_explorer(&v.breakers, now_ms) {
+                if !pending.is_empty() && gate.tip_needed(&HostStore, first, None, now_ms) {
+                    self.dispatch_tip(&gate, &mut v, first, now_ms, &mut done);
+                }
             }
             for txid in pending {
                 self.dispatch_tx(&gate, &mut v, txid, 0, now_ms, &mut done);

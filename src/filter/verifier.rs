@@ -10,15 +10,22 @@ use std::collections::HashMap;
 
 use crate::breaker::Breaker;
 use crate::esplora::{ExplorerError, TxLookup};
-use crate::gate::Ticket;
+use crate::gate::{Gate, Ticket};
 use crate::txid::Txid;
 
 pub struct Lookup {
     pub waiters: Vec<(u32, Ticket)>,
     pub started_ms: u64,
-    /// The transaction answer, kept while the tip is still being read.
-    pub tx: Option<Result<TxLookup, ExplorerError>>,
+    /// The transaction answer and the explorer that gave it, kept while its tip is being read.
+    pub tx: Option<(Result<TxLookup, ExplorerError>, usize)>,
+    /// Who started it, for the per-client in-flight count.
+    pub client_key: u64,
 }
+
+/// Requests that may wait on one lookup; more are turned away (each holds a buffered body).
+const MAX_WAITERS_PER_LOOKUP: usize = 32;
+/// Requests that may wait on a worker's lookups, per lookup allowed in flight.
+const WAITERS_PER_INFLIGHT: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -32,9 +39,12 @@ pub struct Verifier {
     pub calls: HashMap<u32, Call>,
     /// Lookups waiting for the next tick to be dispatched.
     pub pending: Vec<Txid>,
-    pub tip_in_flight: bool,
+    /// Explorers whose tip is being read.
+    pub tips_in_flight: Vec<usize>,
     pub tick_armed: bool,
     pub breakers: Vec<Breaker>,
+    /// Requests waiting on any lookup of this worker.
+    pub waiting: usize,
 }
 
 pub enum Enqueued {
@@ -42,34 +52,58 @@ pub enum Enqueued {
     Joined,
     /// Started a new lookup; the tick must be armed if it is not.
     Started,
-    /// Too many lookups in flight on this worker.
+    /// Too many lookups in flight on this worker or for this client, or too many waiters.
     Busy,
 }
 
 impl Verifier {
-    pub fn enqueue(&mut self, context_id: u32, ticket: Ticket, max_inflight: usize, now_ms: u64) -> Enqueued {
+    pub fn enqueue(&mut self, gate: &Gate, context_id: u32, ticket: Ticket, now_ms: u64) -> Enqueued {
+        if self.waiting >= gate.config.max_inflight.saturating_mul(WAITERS_PER_INFLIGHT) {
+            return Enqueued::Busy;
+        }
         if let Some(lookup) = self.lookups.get_mut(&ticket.txid) {
+            if lookup.waiters.len() >= MAX_WAITERS_PER_LOOKUP {
+                return Enqueued::Busy;
+            }
             lookup.waiters.push((context_id, ticket));
+            self.waiting = self.waiting.saturating_add(1);
             return Enqueued::Joined;
         }
-        if self.lookups.len() >= max_inflight {
+        let for_client = self.lookups.values().filter(|l| l.client_key == ticket.client_key).count();
+        if !gate.lookup_fits(&ticket, self.lookups.len(), for_client) {
             return Enqueued::Busy;
         }
         self.pending.push(ticket.txid.clone());
         let txid = ticket.txid.clone();
-        self.lookups.insert(txid, Lookup { waiters: vec![(context_id, ticket)], started_ms: now_ms, tx: None });
+        let client_key = ticket.client_key;
+        self.lookups
+            .insert(txid, Lookup { waiters: vec![(context_id, ticket)], started_ms: now_ms, tx: None, client_key });
+        self.waiting = self.waiting.saturating_add(1);
         Enqueued::Started
     }
 
-    /// Lookups whose transaction answer is in and that wait only for the tip.
-    pub fn waiting_for_tip(&self) -> Vec<Txid> {
-        self.lookups.iter().filter(|(_, l)| l.tx.is_some()).map(|(t, _)| t.clone()).collect()
+    /// Removes a finished lookup and returns who waited on it.
+    pub fn finish(&mut self, txid: &Txid) -> Vec<(u32, Ticket)> {
+        let waiters = self.lookups.remove(txid).map(|l| l.waiters).unwrap_or_default();
+        self.waiting = self.waiting.saturating_sub(waiters.len());
+        waiters
+    }
+
+    /// Lookups whose transaction answer came from `explorer` and that wait only for its tip.
+    pub fn waiting_for_tip(&self, explorer: usize) -> Vec<Txid> {
+        self.lookups
+            .iter()
+            .filter(|(_, l)| l.tx.as_ref().is_some_and(|(_, e)| *e == explorer))
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Forgets a request that ended (client gone) while waiting.
     pub fn forget(&mut self, context_id: u32) {
         for lookup in self.lookups.values_mut() {
+            let before = lookup.waiters.len();
             lookup.waiters.retain(|(id, _)| *id != context_id);
+            self.waiting = self.waiting.saturating_sub(before.saturating_sub(lookup.waiters.len()));
         }
     }
 }
