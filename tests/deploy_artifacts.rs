@@ -599,3 +599,35 @@ fn the_shipped_local_config_closes_the_ways_around_the_gate() {
     // Measured: about 0.2 MiB per paused request with the 64 KiB limit, 1 MiB each without it.
     assert!(growth < (N * BODY / 2) as u64, "heap grew {} KiB for {N} paused uploads", growth / 1024);
 }
+
+#[test]
+fn istio_patches_harden_every_workload_a_wasmplugin_gates() {
+    let patch = |name: &str| documents(&repo().join("istio/patches").join(name));
+    let mesh = patch("mesh-config.yaml");
+    assert_eq!(
+        str_at(&mesh[0], "/spec/meshConfig/pathNormalization/normalization"),
+        "DECODE_AND_MERGE_SLASHES",
+        "BASE (Istio's default) leaves %2F and // alone"
+    );
+    let filters = patch("hcm-hardening.yaml");
+    for (path, plugin) in istio_documents().iter().filter(|(_, d)| d["kind"] == "WasmPlugin") {
+        let (namespace, labels) = (&plugin["metadata"]["namespace"], &plugin["spec"]["selector"]["matchLabels"]);
+        let filter = filters
+            .iter()
+            .find(|f| {
+                f["kind"] == "EnvoyFilter"
+                    && &f["metadata"]["namespace"] == namespace
+                    && &f["spec"]["workloadSelector"]["labels"] == labels
+            })
+            .unwrap_or_else(|| panic!("{}: no EnvoyFilter for the workload {labels} in {namespace}", path.display()));
+        let patches = filter["spec"]["configPatches"].as_array().expect("configPatches");
+        let hcm = patches
+            .iter()
+            .find(|p| p["applyTo"] == "NETWORK_FILTER")
+            .map(|p| &p["patch"]["value"]["typed_config"])
+            .expect("an HCM patch");
+        assert_eq!(str_at(hcm, "/common_http_protocol_options/headers_with_underscores_action"), "REJECT_REQUEST");
+        let listener = patches.iter().find(|p| p["applyTo"] == "LISTENER").expect("a listener patch");
+        assert_eq!(listener["patch"]["value"]["per_connection_buffer_limit_bytes"], 65536);
+    }
+}
