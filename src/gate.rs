@@ -383,9 +383,15 @@ impl Gate {
             Ok(TxLookup::NotFound) => return self.refuse(store, ticket, Rejection::TxNotFound, now_ms),
             Ok(TxLookup::Found(facts)) => *facts,
         };
-        // Only a tip this explorer told within tip_ttl (or just now) counts confirmations.
-        let tip = result.tip.or_else(|| self.fresh_tip(store, result.explorer, now_ms));
-        let known = Known { tip, tip_fresh: tip.is_some(), from_cache: false };
+        // The tip of the explorer that answered: just told, or as last told (fresh or not).
+        let (tip, tip_fresh) = match result.tip {
+            Some(height) => (Some(height), true),
+            None => match self.tips.read(store, result.explorer as u64) {
+                Some((height, at)) => (Some(height), self.tip_read_recently(at, now_ms)),
+                None => (None, false),
+            },
+        };
+        let known = Known { tip, tip_fresh, from_cache: false };
         let raw = txid_bytes(&ticket.txid);
         if let Stored::Payment(slot) = stored {
             if let Some(record) = self.payments.at(store, slot, &raw) {
@@ -393,19 +399,18 @@ impl Gate {
             }
         }
         // Not stored (negative, or no room): answer from the result itself, counting nothing.
-        match decide(&ticket.policy, &facts, tip, now_ms / 1000) {
-            Decision::Paid(receipt) if self.immutable() => {
-                let effects = Effects { ledger_full: stored == Stored::Full, ..Effects::default() };
-                (allow(ticket, receipt, false), effects)
+        let record = PaymentRecord::new(raw, state_of(&facts), 0, now_ms);
+        let (verdict, mut effects) = self.judge(store, ticket, None, &record, known, now_ms);
+        if stored != Stored::Full {
+            return (verdict, effects);
+        }
+        effects.ledger_full = true;
+        match verdict {
+            // A payment that must be counted or bound but has no slot to be counted in.
+            Verdict::Reject { rejection: Rejection::VerificationBusy, policy } => {
+                (Verdict::Reject { rejection: Rejection::LedgerFull, policy }, effects)
             }
-            Decision::Paid(_) if stored == Stored::Full => {
-                let (verdict, mut effects) = reject(Rejection::LedgerFull, ticket.policy);
-                effects.ledger_full = true;
-                (verdict, effects)
-            }
-            Decision::Paid(_) => reject(Rejection::VerificationBusy, ticket.policy),
-            Decision::Refused(rejection) => self.refuse(store, ticket, rejection, now_ms),
-            Decision::TipUnknown => self.explorer_failed(store, &ticket, now_ms),
+            other => (other, effects),
         }
     }
 
@@ -520,6 +525,13 @@ struct Known {
     tip_fresh: bool,
     /// Answered without an explorer call for this request.
     from_cache: bool,
+}
+
+fn state_of(facts: &crate::esplora::TxFacts) -> PaymentState {
+    match facts.block {
+        Some(block) => PaymentState::Confirmed { paid_sats: facts.paid_sats, block },
+        None => PaymentState::Unconfirmed { paid_sats: facts.paid_sats, seen_at_tip: 0 },
+    }
 }
 
 fn allow(ticket: Ticket, receipt: Receipt, from_cache: bool) -> Verdict {

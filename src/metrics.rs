@@ -44,10 +44,11 @@ pub enum RejectionKind {
     TxTooLarge,
     IdentityRequired,
     LedgerFull,
+    ForwardedForUntrusted,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 28] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -70,6 +71,7 @@ impl Counter {
         Counter::Rejected(RejectionKind::TxTooLarge),
         Counter::Rejected(RejectionKind::IdentityRequired),
         Counter::Rejected(RejectionKind::LedgerFull),
+        Counter::Rejected(RejectionKind::ForwardedForUntrusted),
         Counter::ExplorerCalls,
         Counter::ExplorerErrors,
         Counter::NonCanonicalPaths,
@@ -103,6 +105,7 @@ impl Counter {
                 RejectionKind::TxTooLarge => "txgate_rejected_tx_too_large",
                 RejectionKind::IdentityRequired => "txgate_rejected_identity_required",
                 RejectionKind::LedgerFull => "txgate_rejected_ledger_full",
+                RejectionKind::ForwardedForUntrusted => "txgate_rejected_forwarded_for_untrusted",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
             Counter::ExplorerErrors => "txgate_explorer_errors",
@@ -138,6 +141,7 @@ impl Rejection {
             Rejection::TxTooLarge => RejectionKind::TxTooLarge,
             Rejection::IdentityRequired { .. } => RejectionKind::IdentityRequired,
             Rejection::LedgerFull => RejectionKind::LedgerFull,
+            Rejection::ForwardedForUntrusted => RejectionKind::ForwardedForUntrusted,
         })
     }
 }
@@ -165,6 +169,7 @@ mod tests {
             Rejection::TxTooLarge,
             Rejection::IdentityRequired { identity: "header:x-api-key".into() },
             Rejection::LedgerFull,
+            Rejection::ForwardedForUntrusted,
         ];
         for r in rejections {
             assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));

@@ -47,6 +47,8 @@ pub enum Rejection {
     },
     /// Every slot that could hold a new payment holds one that is still counted or bound.
     LedgerFull,
+    /// The request carries X-Forwarded-For on a listener that takes it as the source address.
+    ForwardedForUntrusted,
 }
 
 const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
@@ -74,12 +76,13 @@ impl Rejection {
             Rejection::TxTooLarge => "tx_too_large",
             Rejection::IdentityRequired { .. } => "identity_required",
             Rejection::LedgerFull => "ledger_full",
+            Rejection::ForwardedForUntrusted => "forwarded_for_untrusted",
         }
     }
 
     pub fn status(&self) -> u32 {
         match self {
-            Rejection::InvalidTxid | Rejection::InvalidPath => 400,
+            Rejection::InvalidTxid | Rejection::InvalidPath | Rejection::ForwardedForUntrusted => 400,
             Rejection::IdentityRequired { .. } => 401,
             Rejection::ExplorerUnavailable | Rejection::VerificationBusy | Rejection::LedgerFull => 503,
             Rejection::ClientBanned { .. } => 429,
@@ -115,6 +118,7 @@ impl Rejection {
                 format!("Payments here belong to one client: present your identity ({identity}) with the request.")
             }
             Rejection::LedgerFull => "The payment gate is tracking as many payments as it can hold; retry shortly.".to_string(),
+            Rejection::ForwardedForUntrusted => "This listener cannot trust X-Forwarded-For (its Envoy does not set use_remote_address); send the request without it.".to_string(),
         }
     }
 

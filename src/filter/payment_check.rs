@@ -18,9 +18,20 @@ use crate::identity::{client_address, identity_hash, IdentitySource};
 use crate::metrics::{Counter, RejectionKind};
 use crate::path;
 use crate::rejection::Rejection;
+use crate::store::SharedStore;
 
 /// Headers only the filter may set; whatever a client sends under this prefix is removed.
 const OWN_HEADER_PREFIX: &str = "x-txgate-";
+
+/// Set once a request arrives without X-Forwarded-For: this Envoy does not append the peer.
+/// Shared by every configuration of the VM: it is a fact about the listener's HCM, and wrong
+/// only in the safe direction when two listeners differ.
+const XFF_NOT_APPENDED_KEY: &str = "txgate/xff-not-appended";
+
+thread_local! {
+    /// This worker's copy of that fact, and when it last read the shared one (unix ms).
+    static XFF_NOT_APPENDED: std::cell::Cell<(bool, u64)> = const { std::cell::Cell::new((false, 0)) };
+}
 
 /// Whether a header or trailer name is one of ours, also spelled with `_` for `-` (CGI, WSGI,
 /// PHP and Rack map both to the same variable, `HTTP_X_TXGATE_...`).
@@ -73,6 +84,7 @@ impl PaymentCheck {
         let mut forged = false;
         let mut raw_path: &[u8] = b"";
         let mut preflight = (false, false, false);
+        let mut forwarded_for = false;
         let mut txids: Vec<&[u8]> = Vec::new();
         for (name, value) in &headers {
             match name.as_str() {
@@ -80,6 +92,7 @@ impl PaymentCheck {
                 ":method" => preflight.0 = value.as_slice() == b"OPTIONS",
                 "origin" => preflight.1 = true,
                 "access-control-request-method" => preflight.2 = true,
+                "x-forwarded-for" => forwarded_for = true,
                 _ if *name == config.header => txids.push(value),
                 _ if is_own_header(name) => forged = true,
                 _ => {}
@@ -120,11 +133,13 @@ impl PaymentCheck {
             || config.discounts.iter().any(|d| matches!(d.condition, Condition::MtlsPrincipalIn(_))))
         .then(|| host::property(&["connection", "uri_san_peer_certificate"]))
         .flatten();
-        let source_address = (config.penalty.is_some() || uses(&IdentitySource::SourceAddress))
-            .then(|| host::property(&["source", "address"]))
-            .flatten();
-        let claims = jwt_claims(config);
         let now_ms = host::now_unix_ms();
+        let needs_source = config.penalty.is_some() || uses(&IdentitySource::SourceAddress);
+        if needs_source && !self.source_is_the_peer(forwarded_for, now_ms) {
+            return self.refuse(gate, Rejection::ForwardedForUntrusted);
+        }
+        let source_address = needs_source.then(|| host::property(&["source", "address"])).flatten();
+        let claims = jwt_claims(config);
         let facts = RequestFacts {
             path: &matching,
             headers: &headers,
@@ -197,6 +212,37 @@ impl PaymentCheck {
         }
         host::count_forwarded(self.id, &self.metrics, verdict);
         Action::Continue
+    }
+
+    /// Whether `source.address` is the client's own address. With `use_remote_address: true` Envoy
+    /// appends the peer to X-Forwarded-For on every request; without it, Envoy takes the client's
+    /// X-Forwarded-For as the source address. A request that reaches us with no X-Forwarded-For
+    /// at all proves the listener does not append, and from then on a request that carries one
+    /// names whatever source it likes: it is refused rather than trusted.
+    fn source_is_the_peer(&self, forwarded_for: bool, now_ms: u64) -> bool {
+        let (known, read_at) = XFF_NOT_APPENDED.get();
+        if !forwarded_for {
+            if !known {
+                XFF_NOT_APPENDED.set((true, now_ms));
+                if HostStore.get(XFF_NOT_APPENDED_KEY).is_none_or(|(v, _)| v.is_empty()) {
+                    log::error!(
+                        "txgate: this listener does not set use_remote_address: true, so X-Forwarded-For is the client's to choose; requests that carry it are refused while a source_address identity is in use"
+                    );
+                    let _ = HostStore.set(XFF_NOT_APPENDED_KEY, b"1", 0);
+                }
+            }
+            return true;
+        }
+        if known {
+            return false;
+        }
+        // Another worker may have learned it: look at most once a second.
+        if now_ms >= read_at.saturating_add(1_000) {
+            let shared = HostStore.get(XFF_NOT_APPENDED_KEY).is_some_and(|(v, _)| !v.is_empty());
+            XFF_NOT_APPENDED.set((shared, now_ms));
+            return !shared;
+        }
+        true
     }
 
     fn remove_forged(&self, headers: &[(String, Vec<u8>)]) -> bool {
