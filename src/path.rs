@@ -101,8 +101,8 @@ pub fn canonicalize(target: &[u8]) -> Result<String, PathError> {
     let last = parts.len().saturating_sub(1);
     let mut trailing_slash = false;
     for (n, segment) in parts.iter().enumerate() {
-        let base = segment.split(';').next().unwrap_or(segment);
-        if segment.contains(';') && (base == "." || base == "..") {
+        let base = without_parameters(segment);
+        if base.len() != segment.len() && (base == "." || base == "..") {
             return Err(PathError::HiddenDotSegment);
         }
         match *segment {
@@ -132,17 +132,43 @@ pub fn canonicalize(target: &[u8]) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// The form routes are matched against: each segment without its `;` parameters.
+/// A segment without its `;` parameters. An encoded `;` (`%3B`, or `%3b` before
+/// canonicalization) starts parameters too, for the backends that decode the path before they cut
+/// parameters off.
+fn without_parameters(segment: &str) -> &str {
+    let cut = segment
+        .char_indices()
+        .find(|(i, c)| {
+            *c == ';'
+                || (*c == '%'
+                    && segment
+                        .get(i.saturating_add(1)..i.saturating_add(3))
+                        .is_some_and(|h| h.eq_ignore_ascii_case("3B")))
+        })
+        .map_or(segment.len(), |(i, _)| i);
+    segment.get(..cut).unwrap_or(segment)
+}
+
+/// The form routes are matched against: each segment without its parameters, and a segment
+/// that was nothing but parameters merged away, as a backend that drops parameters serves it.
 pub fn matching_form(canonical: &str) -> std::borrow::Cow<'_, str> {
-    if !canonical.contains(';') {
+    if !canonical.contains(';') && !canonical.contains("%3B") {
         return std::borrow::Cow::Borrowed(canonical);
     }
     let mut out = String::with_capacity(canonical.len());
-    for (n, segment) in canonical.split('/').enumerate() {
-        if n > 0 {
+    let segments: Vec<&str> = canonical.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (n, segment) in segments.iter().enumerate() {
+        let base = without_parameters(segment);
+        if !base.is_empty() {
+            out.push('/');
+            out.push_str(base);
+        } else if n == last && segment.is_empty() {
             out.push('/');
         }
-        out.push_str(segment.split(';').next().unwrap_or(segment));
+    }
+    if out.is_empty() {
+        out.push('/');
     }
     std::borrow::Cow::Owned(out)
 }
@@ -220,6 +246,7 @@ mod tests {
         assert_eq!(canon("/free%00/../api"), Err(PathError::ControlByte));
         assert_eq!(canon("/free/..;/api/hello"), Err(PathError::HiddenDotSegment));
         assert_eq!(canon("/free/.;x/api"), Err(PathError::HiddenDotSegment));
+        assert_eq!(canon("/free/%2e%2e%3bx/api"), Err(PathError::HiddenDotSegment));
         for bad in ["/a%", "/a%2", "/a%zz", "/a%%41"] {
             assert_eq!(canon(bad), Err(PathError::BadEscape), "{bad}");
         }
@@ -249,6 +276,10 @@ mod tests {
     fn matching_form_drops_segment_parameters() {
         assert_eq!(matching_form("/premium;x=1/a"), "/premium/a");
         assert_eq!(matching_form("/a/b"), "/a/b");
+        assert_eq!(matching_form(&canon("/premium%3bx/a").unwrap()), "/premium/a");
+        assert_eq!(matching_form("/;x/premium"), "/premium");
+        assert_eq!(matching_form("/a;x/"), "/a/");
+        assert_eq!(matching_form("/;x"), "/");
     }
 
     #[test]

@@ -414,13 +414,14 @@ fn f7_no_flood_of_txids_resets_a_grant_or_moves_a_binding() {
     assert_eq!(stack.get("/api/v", &as_victim).status, 200);
     assert_eq!(stack.get("/api/v", &as_victim).status, 200);
     assert_eq!(stack.get("/api/v", &as_victim).json()["error"], "payment_exhausted");
-    // 40 bogus txids: in a 2-slot table every one of them lands on the victim's slots.
+    // A newer confirmed payment beside the victim's, then bogus txids: in a 2-slot table each
+    // of them lands on both payments' slots.
+    let own = stack.paid_and_mined(1000);
+    assert_eq!(stack.get("/api/a", &[("x-api-key", "attacker"), ("x-bitcoin-txid", &own)]).status, 200);
     for _ in 0..40 {
         let reply = stack.get("/api/x", &[("x-api-key", "attacker"), ("x-bitcoin-txid", &random_txid())]);
         assert_eq!(reply.json()["error"], "tx_not_found");
     }
-    let own = stack.paid_and_mined(1000);
-    assert_eq!(stack.get("/api/a", &[("x-api-key", "attacker"), ("x-bitcoin-txid", &own)]).status, 200);
     let reply = stack.get("/api/v", &as_victim);
     assert_eq!(reply.json()["error"], "payment_exhausted", "the grant did not restart: {}", reply.body);
     let reply = stack.get("/api/a", &[("x-api-key", "attacker"), ("x-bitcoin-txid", &victim)]);
