@@ -8,6 +8,7 @@
 //! workers, unlike Rust's `DefaultHasher`, which is not specified).
 
 use crate::config::Config;
+use crate::identity::IdentitySource;
 
 /// FNV-1a, 64 bits: small, specified, and enough for telling operator configurations apart.
 pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
@@ -41,18 +42,31 @@ impl Scopes {
         let chain = fnv1a64(&[chain_text.as_bytes()]);
         let mut pay_to = config.pay_to.clone();
         pay_to.sort();
-        let payments_text = format!(
-            "{chain:016x}|{}|{:?}|{:?}|{:?}|{}|{}",
-            pay_to.join(","),
-            config.grant.requests,
-            config.grant.window.map(|w| w.as_secs()),
-            config.bind_to,
-            config.cache.max_entries,
-            config.lowest_price(),
-        );
-        let payments = fnv1a64(&[payments_text.as_bytes()]);
-        let clients_text = format!("{payments:016x}|{:?}", config.penalty);
-        let clients = fnv1a64(&[clients_text.as_bytes()]);
+        let grant_requests = config.grant.requests.map_or(String::new(), |n| n.to_string());
+        let grant_window = config.grant.window.map_or(String::new(), |w| w.as_secs().to_string());
+        let bind_to = config.bind_to.as_ref().map_or(String::new(), IdentitySource::describe);
+        let payments = fnv1a64(&[
+            &chain.to_le_bytes(),
+            pay_to.join(",").as_bytes(),
+            grant_requests.as_bytes(),
+            grant_window.as_bytes(),
+            bind_to.as_bytes(),
+            &(config.cache.max_entries as u64).to_le_bytes(),
+            &config.lowest_price().to_le_bytes(),
+        ]);
+        let penalty = match &config.penalty {
+            Some(p) => format!(
+                "{}|{}|{}|{}|{}|{}",
+                p.identity.describe(),
+                p.max_strikes,
+                p.source_factor,
+                p.find_time.as_secs(),
+                p.ban_time.as_secs(),
+                p.slots
+            ),
+            None => String::new(),
+        };
+        let clients = fnv1a64(&[&payments.to_le_bytes(), penalty.as_bytes()]);
         Scopes {
             chain: format!("txgate/{chain:016x}/"),
             payments: format!("txgate/{payments:016x}/"),
