@@ -702,3 +702,58 @@ fn cors_preflights_pass_free_and_other_options_requests_pay() {
     assert_eq!(seen[0]["method"], "OPTIONS");
     assert_eq!(stack.stat("txgate_requests_preflight"), 1);
 }
+
+/// An HS256 token for the test provider (the JWKS below holds the same key).
+fn jwt(claims: &Value, key: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string());
+    let body = b64.encode(claims.to_string());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("key");
+    mac.update(format!("{head}.{body}").as_bytes());
+    format!("{head}.{body}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn f10_a_jwt_claim_discount_needs_a_token_envoy_verified() {
+    use base64::Engine;
+    let key = b"txgate-test-key-0123456789abcdef";
+    let stack = Stack::start();
+    let jwks = json!({"keys": [{"kty": "oct", "alg": "HS256", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)}]});
+    let jwt_filter = format!(
+        "          http_filters:\n          - name: envoy.filters.http.jwt_authn\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication\n              providers:\n                test:\n                  issuer: txgate-test\n                  local_jwks: {{inline_string: {}}}\n                  payload_in_metadata: jwt_payload\n              rules:\n              - match: {{prefix: \"/\"}}\n                requires: {{requires_any: {{requirements: [{{provider_name: test}}, {{allow_missing: {{}}}}]}}}}\n",
+        serde_json::to_string(&jwks.to_string()).unwrap()
+    );
+    let plugin = common::plugin_config(
+        1,
+        &json!({"discounts": [{"name": "gold", "percent": 40, "jwt_claim": {"metadata_key": "jwt_payload", "claim": "tier", "value": "gold"}}]}),
+    );
+    let yaml = envoy_yaml(&plugin, stack.api_port, &stack.explorer_ports, &wasm_path()).replacen(
+        "          http_filters:\n",
+        &jwt_filter,
+        1,
+    );
+    let dir = stack.dir.path().join("jwt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_envoy, _admin, port) = start_envoy(&dir, &yaml, 1).unwrap_or_else(|log| panic!("{log}"));
+    let gold = jwt(&json!({"iss": "txgate-test", "tier": "gold"}), key);
+    let silver = jwt(&json!({"iss": "txgate-test", "tier": "silver"}), key);
+    let forged = jwt(&json!({"iss": "txgate-test", "tier": "gold"}), b"not-the-key-not-the-key-not-the-");
+    let price = |headers: &[(&str, &str)]| {
+        let (status, body) = raw_get(port, "/api/x", headers);
+        (
+            status,
+            serde_json::from_str::<Value>(&body).map(|v| v["payment"]["price_sats"].clone()).unwrap_or(Value::Null),
+        )
+    };
+    assert_eq!(price(&[("authorization", &format!("Bearer {gold}"))]), (402, json!(600)), "verified gold claim");
+    assert_eq!(price(&[("authorization", &format!("Bearer {silver}"))]), (402, json!(1000)));
+    assert_eq!(price(&[]), (402, json!(1000)), "no token");
+    assert_eq!(price(&[("authorization", &format!("Bearer {forged}"))]).0, 401, "jwt_authn refuses a forged token");
+    let paid = stack.paid_and_mined(600);
+    let (status, body) =
+        raw_get(port, "/api/x", &[("authorization", &format!("Bearer {gold}")), ("x-bitcoin-txid", &paid)]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.backend_seen()[0]["headers"]["x-txgate-discount"], "gold:40");
+}

@@ -18,6 +18,9 @@ const MAX_HEADERS: usize = 100;
 /// Idle keep-alive connections are dropped after this, so threads don't pile up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Header or trailer fields in order, names lowercased.
+pub type Headers = Vec<(String, String)>;
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
@@ -184,7 +187,7 @@ impl Conn {
         }
     }
 
-    fn read_chunked(&mut self) -> io::Result<(Vec<u8>, Vec<(String, String)>)> {
+    fn read_chunked(&mut self) -> io::Result<(Vec<u8>, Headers)> {
         let mut body = Vec::new();
         loop {
             let line = self.take_line()?;

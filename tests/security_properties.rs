@@ -1,6 +1,8 @@
-//! Properties of path canonicalization against an independent model of a lenient backend: for any
-//! path the filter lets through, the route such a backend serves is never dearer than the route
-//! the filter charged. The backend model is written here from the findings' description
+//! Properties behind the security fixes.
+//!
+//! Path canonicalization against an independent model of a lenient backend: for any path the
+//! filter lets through, the route such a backend serves is never dearer than the route the filter
+//! charged. The backend model is written here from the findings' description
 //! (percent-decode everything, backslashes as slashes, `;` parameters dropped, dot segments
 //! removed and clamped at the root, repeated slashes merged, optionally case-insensitive), not
 //! from `src/path.rs`.
@@ -9,6 +11,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use txgate::config::{Access, AccessRef, Config};
 use txgate::path::{canonicalize, matching_form};
+use txgate::scope::Scopes;
 
 fn config() -> Config {
     let v = json!({
@@ -163,4 +166,71 @@ fn the_model_agrees_with_the_findings_examples() {
     assert_eq!(backend_price(&config, "/premium/x", false), 5000);
     assert_eq!(charged(&config, "/free/..%2fapi/hello"), None, "refused, not charged");
     assert_eq!(charged(&config, "//premium/x"), Some(5000));
+}
+
+// ------------------------------------------------------------------------------ key scoping
+
+/// Two addresses on each of two networks (BIP-173 vectors).
+fn addresses(network: &str) -> [&'static str; 2] {
+    match network {
+        "regtest" => ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "bcrt1qgmwevycpm6p3a0jlq5kpq3vzfdajhyd3z9pw96"],
+        _ => [
+            "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx",
+            "tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7",
+        ],
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Setup {
+    network: &'static str,
+    pay_to: Vec<usize>,
+    explorers: Vec<&'static str>,
+    grant: Option<u64>,
+    bind: bool,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (
+        prop::sample::select(vec!["regtest", "testnet"]),
+        prop::sample::select(vec![vec![0], vec![1], vec![0, 1], vec![1, 0]]),
+        prop::sample::select(vec![vec!["a"], vec!["b"], vec!["a", "b"], vec!["b", "a"]]),
+        prop::option::of(1u64..4),
+        any::<bool>(),
+    )
+        .prop_map(|(network, pay_to, explorers, grant, bind)| Setup { network, pay_to, explorers, grant, bind })
+}
+
+fn scopes_of(s: &Setup) -> Scopes {
+    let addrs = addresses(s.network);
+    let mut v = json!({
+        "network": s.network,
+        "pay_to": s.pay_to.iter().map(|i| addrs[*i]).collect::<Vec<_>>(),
+        "price_sats": 1000,
+        "explorers": s.explorers.iter().map(|c| json!({"cluster": c, "authority": "e"})).collect::<Vec<_>>(),
+    });
+    if let Some(n) = s.grant {
+        v["grant"] = json!({"requests": n});
+    }
+    if s.bind {
+        v["bind_to"] = json!("header:x-api-key");
+    }
+    Scopes::of(&Config::from_json(v.to_string().as_bytes()).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn payments_are_shared_exactly_when_what_they_depend_on_is_the_same(a in setup(), b in setup()) {
+        let (sa, sb) = (scopes_of(&a), scopes_of(&b));
+        let mut pay_a: Vec<usize> = a.pay_to.clone();
+        let mut pay_b: Vec<usize> = b.pay_to.clone();
+        pay_a.sort();
+        pay_b.sort();
+        let same_chain = a.network == b.network && a.explorers == b.explorers;
+        let same_payments = same_chain && pay_a == pay_b && a.grant == b.grant && a.bind == b.bind;
+        prop_assert_eq!(sa.chain == sb.chain, same_chain, "{:?} / {:?}", a, b);
+        prop_assert_eq!(sa.payments == sb.payments, same_payments, "{:?} / {:?}", a, b);
+    }
 }
