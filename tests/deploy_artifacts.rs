@@ -563,7 +563,9 @@ fn the_shipped_local_config_closes_the_ways_around_the_gate() {
     let posts: Vec<_> = (0..N)
         .map(|i| {
             std::thread::spawn(move || {
-                let txid = format!("{:064x}", 0xdead_0000_u64 + i as u64);
+                // One txid for all: they wait on one lookup (txgate caps lookups per client, not
+                // waiters under 32 per lookup), so every body is held while it is paused.
+                let txid = format!("{:064x}", 0xdead_0000_u64);
                 let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
                 stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
                 let head = format!(
