@@ -33,7 +33,7 @@ impl Network {
         }
     }
 
-    fn segwit_hrp(self) -> &'static str {
+    pub fn segwit_hrp(self) -> &'static str {
         match self {
             Network::Mainnet => "bc",
             Network::Testnet | Network::Testnet4 | Network::Signet => "tb",

@@ -15,6 +15,7 @@ use crate::grant::Grant;
 use crate::identity::IdentitySource;
 use crate::path::{canonicalize, prefix_covers, prefix_covers_ignoring_case};
 use crate::penalty::PenaltyConfig;
+use crate::xpub::{ExtendedPublicKey, ScriptKind};
 
 /// All the bitcoin there will ever be, in sats: a price above it is a typo.
 const MAX_SATS: u64 = 2_100_000_000_000_000;
@@ -26,7 +27,8 @@ const MAX_CONFIRMATIONS: u32 = 10_000;
 struct RawConfig {
     header: Option<String>,
     network: Option<String>,
-    pay_to: Option<Vec<String>>,
+    /// A list of addresses, or one extended public key (see `xpub`).
+    pay_to: Option<serde_json::Value>,
     price_sats: Option<u64>,
     min_confirmations: Option<u32>,
     max_age: Option<String>,
@@ -44,6 +46,14 @@ struct RawConfig {
     circuit_breaker: Option<RawBreaker>,
     fail_open: Option<RawFailOpen>,
     max_inflight_per_client: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXpub {
+    xpub: Option<String>,
+    script: Option<String>,
+    branch: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,8 +188,10 @@ pub struct Config {
     /// Lowercase, as Envoy stores header names.
     pub header: String,
     pub network: Network,
-    /// Normalised as explorers print them.
+    /// Normalised as explorers print them; empty when `pay_to_xpub` is set.
     pub pay_to: Vec<String>,
+    /// An address of its own for every client, derived from an extended public key.
+    pub pay_to_xpub: Option<XpubPayTo>,
     pub default_policy: Policy,
     pub explorers: Vec<Explorer>,
     pub timeout: Duration,
@@ -214,6 +226,16 @@ pub struct BreakerConfig {
     pub failures: u32,
     /// How long an open circuit skips the explorer before trying it again.
     pub cool_down: Duration,
+}
+
+/// `pay_to` as an extended public key: each `bind_to` identity pays to
+/// `<key>/<branch>/<hi>/<lo>` (see `xpub`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XpubPayTo {
+    pub text: String,
+    pub key: ExtendedPublicKey,
+    pub script: ScriptKind,
+    pub branch: u32,
 }
 
 /// A refusal that names the field, e.g. "pay_to[1]: not a valid address".
@@ -261,7 +283,21 @@ impl Config {
                 format!("\"{network_name}\" is not one of mainnet, testnet, testnet4, signet, regtest"),
             );
         };
-        let pay_to = validate_pay_to(required(raw.pay_to, "pay_to")?, network)?;
+        let (pay_to, pay_to_xpub) = match required(raw.pay_to, "pay_to")? {
+            serde_json::Value::Object(object) => {
+                let raw_xpub: RawXpub = match serde_json::from_value(serde_json::Value::Object(object)) {
+                    Ok(raw) => raw,
+                    Err(err) => {
+                        return refuse("pay_to", format!("is not a list of addresses or an xpub object: {err}"))
+                    }
+                };
+                (Vec::new(), Some(validate_xpub(raw_xpub, network)?))
+            }
+            list => match serde_json::from_value::<Vec<String>>(list) {
+                Ok(addresses) => (validate_pay_to(addresses, network)?, None),
+                Err(err) => return refuse("pay_to", format!("is not a list of addresses or an xpub object: {err}")),
+            },
+        };
         let default_policy = Policy {
             price_sats: validate_price(required(raw.price_sats, "price_sats")?, "price_sats")?,
             min_confirmations: validate_confirmations(raw.min_confirmations.unwrap_or(1), "min_confirmations")?,
@@ -300,6 +336,7 @@ impl Config {
             header,
             network,
             pay_to,
+            pay_to_xpub,
             default_policy,
             explorers,
             timeout,
@@ -315,6 +352,12 @@ impl Config {
             breaker,
             max_inflight_per_client,
         };
+        if config.pay_to_xpub.is_some() && config.bind_to.is_none() {
+            return refuse(
+                "bind_to",
+                "pay_to with an xpub needs bind_to: the identity each client gets its own address for (a secret API-key header, mtls_principal, or a jwt claim)",
+            );
+        }
         if (!config.grant.is_unlimited() || config.bind_to.is_some()) && config.longest_max_age().is_none() {
             // A counted or bound payment can only leave the fixed-size cache once no route can
             // accept it; with no max_age it never could, and the cache would fill for good.
@@ -564,6 +607,22 @@ fn validate_header(header: Option<String>) -> Result<String, ConfigError> {
         return refuse("header", "must not start with x-txgate-: those headers are removed from every request");
     }
     Ok(header)
+}
+
+fn validate_xpub(raw: RawXpub, network: Network) -> Result<XpubPayTo, ConfigError> {
+    let text = required(raw.xpub, "pay_to.xpub")?;
+    let script_name = required(raw.script, "pay_to.script")?;
+    let Some(script) = ScriptKind::parse(&script_name) else {
+        return refuse("pay_to.script", format!("\"{script_name}\" is not one of p2wpkh, p2tr"));
+    };
+    let branch = raw.branch.unwrap_or(0);
+    if branch >= 0x8000_0000 {
+        return refuse("pay_to.branch", "must be below 2147483648 (a non-hardened index)");
+    }
+    match ExtendedPublicKey::parse(&text, network, script) {
+        Ok(key) => Ok(XpubPayTo { text, key, script, branch }),
+        Err(err) => refuse("pay_to.xpub", format!("on {}: {err}", network.name())),
+    }
 }
 
 fn validate_pay_to(addresses: Vec<String>, network: Network) -> Result<Vec<String>, ConfigError> {

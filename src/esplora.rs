@@ -54,6 +54,38 @@ pub enum TxLookup {
     NotFound,
 }
 
+/// What an explorer said about a transaction before it is judged for one payee: every output
+/// that pays an address, so that each client's own address (see `xpub`) can be summed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxAnswer {
+    Found { block: Option<BlockPlace>, outputs: Vec<(String, u64)> },
+    NotFound,
+}
+
+impl TxAnswer {
+    /// The facts for a payee with these addresses (as explorers print them).
+    pub fn for_payee(&self, addresses: &[String]) -> TxLookup {
+        match self {
+            TxAnswer::NotFound => TxLookup::NotFound,
+            TxAnswer::Found { block, outputs } => {
+                // Output values were checked to sum within u64 when the answer was read.
+                let paid_sats = outputs
+                    .iter()
+                    .filter(|(address, _)| addresses.iter().any(|a| a == address))
+                    .fold(0u64, |sum, (_, value)| sum.saturating_add(*value));
+                TxLookup::Found(TxFacts { paid_sats, block: *block })
+            }
+        }
+    }
+
+    pub fn block(&self) -> Option<BlockPlace> {
+        match self {
+            TxAnswer::Found { block, .. } => *block,
+            TxAnswer::NotFound => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExplorerError {
     /// Reset, refused connection or timeout: Envoy gave no response.
@@ -88,10 +120,15 @@ fn check_status_and_size(status: u16, body_len: usize) -> Result<(), ExplorerErr
     Ok(())
 }
 
-/// Reads the answer to `GET /tx/:txid`.
+/// Reads the answer to `GET /tx/:txid` for a payee with the addresses `pay_to`.
 pub fn parse_tx(status: u16, body: &[u8], asked: &Txid, pay_to: &[String]) -> Result<TxLookup, ExplorerError> {
+    parse_tx_outputs(status, body, asked).map(|answer| answer.for_payee(pay_to))
+}
+
+/// Reads the answer to `GET /tx/:txid`, keeping every output that pays an address.
+pub fn parse_tx_outputs(status: u16, body: &[u8], asked: &Txid) -> Result<TxAnswer, ExplorerError> {
     if status == 404 {
-        return Ok(TxLookup::NotFound);
+        return Ok(TxAnswer::NotFound);
     }
     check_status_and_size(status, body.len())?;
     let raw: RawTx = serde_json::from_slice(body).map_err(|e| ExplorerError::Malformed(e.to_string()))?;
@@ -99,13 +136,14 @@ pub fn parse_tx(status: u16, body: &[u8], asked: &Txid, pay_to: &[String]) -> Re
         let shown: String = raw.txid.chars().take(64).collect();
         return Err(ExplorerError::WrongTxid(shown));
     }
-    let mut paid_sats: u64 = 0;
-    for output in &raw.vout {
-        let ours = output.scriptpubkey_address.as_ref().is_some_and(|a| pay_to.iter().any(|p| p == a));
-        if ours {
-            paid_sats = paid_sats
-                .checked_add(output.value)
-                .ok_or_else(|| ExplorerError::Malformed("output values overflow".to_string()))?;
+    let mut total: u64 = 0;
+    let mut outputs = Vec::with_capacity(raw.vout.len());
+    for output in raw.vout {
+        total = total
+            .checked_add(output.value)
+            .ok_or_else(|| ExplorerError::Malformed("output values overflow".to_string()))?;
+        if let Some(address) = output.scriptpubkey_address {
+            outputs.push((address, output.value));
         }
     }
     let block = match (raw.status.confirmed, raw.status.block_height, raw.status.block_time) {
@@ -115,7 +153,7 @@ pub fn parse_tx(status: u16, body: &[u8], asked: &Txid, pay_to: &[String]) -> Re
             return Err(ExplorerError::Malformed("confirmed without block_height and block_time".to_string()))
         }
     };
-    Ok(TxLookup::Found(TxFacts { paid_sats, block }))
+    Ok(TxAnswer::Found { block, outputs })
 }
 
 /// Reads the answer to `GET /blocks/tip/height`: a bare decimal number.

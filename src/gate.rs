@@ -7,7 +7,7 @@ use crate::cache::{txid_bytes, PaymentRecord, PaymentState, PaymentTable, PutErr
 use crate::config::{AccessRef, Config, FailureMode, Policy};
 use crate::discount::{self, ClientFacts, Condition};
 use crate::duration::millis;
-use crate::esplora::{ExplorerError, TxLookup};
+use crate::esplora::{ExplorerError, TxAnswer, TxLookup};
 use crate::grant::Use;
 use crate::identity::{client_address, identity_hash, IdentitySource};
 use crate::memo::LocalMemo;
@@ -17,6 +17,7 @@ use crate::rejection::Rejection;
 use crate::scope::Scopes;
 use crate::store::SharedStore;
 use crate::txid::Txid;
+use crate::xpub;
 
 /// Confirmed payments each worker keeps a copy of (about 150 bytes each).
 const MEMO_CAPACITY: usize = 4096;
@@ -41,19 +42,39 @@ impl RequestFacts<'_> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
-    /// The client's identity under `source`, or `None` when the request does not carry one.
-    fn identity(&self, source: &IdentitySource) -> Option<u64> {
+    /// The identity's value under `source`, or `None` when the request does not carry one.
+    fn identity_value(&self, source: &IdentitySource) -> Option<Vec<u8>> {
         let value: Vec<u8> = match source {
             IdentitySource::Header(name) => self.header(name)?.to_vec(),
             IdentitySource::MtlsPrincipal => self.principal?.as_bytes().to_vec(),
             IdentitySource::SourceAddress => client_address(self.source_address?).into_bytes(),
         };
-        (!value.is_empty()).then(|| identity_hash(source, &value))
+        (!value.is_empty()).then_some(value)
+    }
+
+    /// The client's identity under `source`, hashed, or `None` when the request has none.
+    fn identity(&self, source: &IdentitySource) -> Option<u64> {
+        self.identity_value(source).map(|value| identity_hash(source, &value))
     }
 
     /// The source address as an identity (IPv6 grouped by /64).
     fn source_id(&self) -> Option<u64> {
         self.identity(&IdentitySource::SourceAddress)
+    }
+}
+
+/// The address one client pays to when `pay_to` is an xpub, and where it was derived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddress {
+    pub address: String,
+    /// `<branch>/<hi>/<lo>` below the configured key.
+    pub path: (u32, u32, u32),
+}
+
+impl ClientAddress {
+    pub fn path_text(&self) -> String {
+        let (branch, hi, lo) = self.path;
+        format!("{branch}/{hi}/{lo}")
     }
 }
 
@@ -75,6 +96,8 @@ pub struct Ticket {
     pub has_strikes: bool,
     /// Lookups this client may have in flight on one worker.
     pub inflight_limit: usize,
+    /// This client's own address, when `pay_to` is an xpub.
+    pub payee: Option<ClientAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +108,8 @@ pub enum Verdict {
         receipt: Receipt,
         discount: Option<String>,
         from_cache: bool,
+        /// `<branch>/<hi>/<lo>` of the client's own address, when `pay_to` is an xpub.
+        address_path: Option<String>,
     },
     /// failure_mode open and no explorer answered.
     AllowUnverified,
@@ -98,7 +123,7 @@ pub enum Verdict {
 /// What the explorer said about one txid (and its tip, when it was needed and read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookupResult {
-    pub tx: Result<TxLookup, ExplorerError>,
+    pub tx: Result<TxAnswer, ExplorerError>,
     /// The tip height told by the explorer that answered for the transaction.
     pub tip: Option<u64>,
     /// Which explorer answered for the transaction.
@@ -134,7 +159,12 @@ pub struct Gate {
     fail_open: Option<Allowance>,
     memo: LocalMemo,
     lowest_price: u64,
+    /// Per-client addresses this worker derived, by path (derivation is two point operations).
+    addresses: std::cell::RefCell<std::collections::HashMap<(u32, u32), String>>,
 }
+
+/// Derived addresses each worker keeps (about 100 bytes each).
+const ADDRESS_MEMO: usize = 4096;
 
 /// Share of `max_inflight` kept for clients with no strikes (a quarter, at least one).
 fn reserved_for_clean(max_inflight: usize) -> usize {
@@ -160,7 +190,17 @@ impl Gate {
         };
         let memo = LocalMemo::new(slots.min(MEMO_CAPACITY));
         let lowest_price = config.lowest_price();
-        Gate { config, scopes, payments, negatives, tips, fail_open, memo, lowest_price }
+        Gate {
+            config,
+            scopes,
+            payments,
+            negatives,
+            tips,
+            fail_open,
+            memo,
+            lowest_price,
+            addresses: std::cell::RefCell::new(std::collections::HashMap::new()),
+        }
     }
 
     /// Creates every shared-data slot before traffic (see `cache`).
@@ -178,6 +218,59 @@ impl Gate {
 
     fn immutable(&self) -> bool {
         self.config.grant.is_unlimited() && self.config.bind_to.is_none()
+    }
+
+    /// This client's own address when `pay_to` is an xpub: `None` without an xpub, an
+    /// `identity_required` rejection when the request carries no identity.
+    pub fn client_address(&self, facts: &RequestFacts<'_>) -> Option<Result<ClientAddress, Rejection>> {
+        let xpub_pay_to = self.config.pay_to_xpub.as_ref()?;
+        let source = self.config.bind_to.as_ref()?;
+        let Some(value) = facts.identity_value(source) else {
+            return Some(Err(Rejection::IdentityRequired { identity: source.describe() }));
+        };
+        let (hi, lo) = xpub::index_of(&source.name(), &value);
+        let path = (xpub_pay_to.branch, hi, lo);
+        if let Some(address) = self.addresses.try_borrow().ok().and_then(|m| m.get(&(hi, lo)).cloned()) {
+            return Some(Ok(ClientAddress { address, path }));
+        }
+        let derived = xpub_pay_to
+            .key
+            .derive(&[path.0, hi, lo])
+            .and_then(|child| xpub::address(&child.public_key, xpub_pay_to.script, self.config.network));
+        match derived {
+            Ok(address) => {
+                if let Ok(mut memo) = self.addresses.try_borrow_mut() {
+                    if memo.len() >= ADDRESS_MEMO {
+                        memo.clear();
+                    }
+                    memo.insert((hi, lo), address.clone());
+                }
+                Some(Ok(ClientAddress { address, path }))
+            }
+            // 2^-127 per index: refused, never paid to a wrong address.
+            Err(_) => Some(Err(Rejection::Internal)),
+        }
+    }
+
+    /// The cache key of a payment: the txid, or with per-client addresses the txid and the
+    /// client's path, since one transaction can pay several clients different amounts.
+    fn record_key(txid: &Txid, payee: Option<&ClientAddress>) -> [u8; 32] {
+        let mut key = txid_bytes(txid);
+        if let Some(p) = payee {
+            let (_, hi, lo) = p.path;
+            if let Some(tail) = key.get_mut(24..32) {
+                tail.copy_from_slice(&[hi.to_le_bytes(), lo.to_le_bytes()].concat());
+            }
+        }
+        key
+    }
+
+    /// The addresses a payee's outputs are summed over.
+    fn payee_addresses<'a>(&'a self, payee: Option<&'a ClientAddress>) -> std::borrow::Cow<'a, [String]> {
+        match payee {
+            Some(p) => std::borrow::Cow::Owned(vec![p.address.clone()]),
+            None => std::borrow::Cow::Borrowed(&self.config.pay_to),
+        }
     }
 
     /// First look at a request: free, refused, answered from the cache, or needs the explorer.
@@ -234,6 +327,13 @@ impl Gate {
             policy.price_sats = discount::discounted(base.price_sats, d.percent);
             format!("{}:{}", d.name, d.percent)
         });
+        // With per-client addresses even the first challenge needs the client's identity: it
+        // shows the client's own address, never a shared one.
+        let payee = match self.client_address(facts) {
+            Some(Ok(address)) => Some(address),
+            Some(Err(rejection)) => return reject(rejection, policy),
+            None => None,
+        };
         let txid = match txid_values {
             [] => return reject(Rejection::PaymentRequired, policy),
             [one] => Txid::parse(one),
@@ -273,8 +373,9 @@ impl Gate {
             client_key,
             has_strikes: strikes > 0,
             inflight_limit,
+            payee,
         };
-        let raw = txid_bytes(&ticket.txid);
+        let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         // Nothing counted or bound: a confirmed payment's shared record never changes.
         let immutable = self.immutable();
         let found = match self.memo.payment(&raw).filter(|_| immutable) {
@@ -325,14 +426,22 @@ impl Gate {
         now_ms < at.saturating_add(millis(self.config.cache.tip_ttl))
     }
 
-    /// Stores an explorer answer in the shared cache.
-    pub fn remember(&self, store: &dyn SharedStore, txid: &Txid, result: &LookupResult, now_ms: u64) -> Stored {
+    /// Stores an explorer answer in the shared cache, as it pays `payee` (or `pay_to`).
+    pub fn remember(
+        &self,
+        store: &dyn SharedStore,
+        txid: &Txid,
+        payee: Option<&ClientAddress>,
+        result: &LookupResult,
+        now_ms: u64,
+    ) -> Stored {
         let explorer = result.explorer;
         if let Some(height) = result.tip {
             self.record_tip(store, explorer, height, now_ms);
         }
         let ttl = |d: std::time::Duration| now_ms.saturating_add(millis(d)).max(1);
-        let (state, expires) = match &result.tx {
+        let judged = result.tx.as_ref().map(|answer| answer.for_payee(&self.payee_addresses(payee)));
+        let (state, expires) = match &judged {
             Ok(TxLookup::NotFound) => (PaymentState::NotFound, ttl(self.config.cache.not_found_ttl)),
             Ok(TxLookup::Found(facts)) => match facts.block {
                 Some(block) => (PaymentState::Confirmed { paid_sats: facts.paid_sats, block }, 0),
@@ -344,7 +453,7 @@ impl Gate {
             },
             Err(_) => return Stored::Elsewhere,
         };
-        let raw = txid_bytes(txid);
+        let raw = Self::record_key(txid, payee);
         let paid = match state {
             PaymentState::Confirmed { paid_sats, .. } | PaymentState::Unconfirmed { paid_sats, .. } => paid_sats,
             PaymentState::NotFound => 0,
@@ -376,12 +485,13 @@ impl Gate {
         stored: Stored,
         now_ms: u64,
     ) -> (Verdict, Effects) {
-        let facts = match &result.tx {
+        let judged = result.tx.as_ref().map(|answer| answer.for_payee(&self.payee_addresses(ticket.payee.as_ref())));
+        let facts = match judged {
             // The transaction, not the explorer, is the problem: no strike, no 503.
             Err(ExplorerError::TooLarge(_)) => return reject(Rejection::TxTooLarge, ticket.policy),
             Err(_) => return self.explorer_failed(store, &ticket, now_ms),
             Ok(TxLookup::NotFound) => return self.refuse(store, ticket, Rejection::TxNotFound, now_ms),
-            Ok(TxLookup::Found(facts)) => *facts,
+            Ok(TxLookup::Found(facts)) => facts,
         };
         // The tip of the explorer that answered: just told, or as last told (fresh or not).
         let (tip, tip_fresh) = match result.tip {
@@ -392,7 +502,7 @@ impl Gate {
             },
         };
         let known = Known { tip, tip_fresh, from_cache: false };
-        let raw = txid_bytes(&ticket.txid);
+        let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         if let Stored::Payment(slot) = stored {
             if let Some(record) = self.payments.at(store, slot, &raw) {
                 return self.judge(store, ticket, Some(slot), &record, known, now_ms);
@@ -535,7 +645,8 @@ fn state_of(facts: &crate::esplora::TxFacts) -> PaymentState {
 }
 
 fn allow(ticket: Ticket, receipt: Receipt, from_cache: bool) -> Verdict {
-    Verdict::Allow { txid: ticket.txid, receipt, discount: ticket.discount, from_cache }
+    let address_path = ticket.payee.as_ref().map(ClientAddress::path_text);
+    Verdict::Allow { txid: ticket.txid, receipt, discount: ticket.discount, from_cache, address_path }
 }
 
 fn reject(rejection: Rejection, policy: Policy) -> (Verdict, Effects) {
@@ -545,7 +656,7 @@ fn reject(rejection: Rejection, policy: Policy) -> (Verdict, Effects) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::esplora::{BlockPlace, TxFacts};
+    use crate::esplora::BlockPlace;
     use crate::store::memory::MemoryStore;
     use serde_json::json;
 
@@ -618,13 +729,14 @@ mod tests {
 
     fn found(paid: u64, height: Option<u64>) -> LookupResult {
         let block = height.map(|height| BlockPlace { height, time: NOW_MS / 1000 - 60 });
-        LookupResult { tx: Ok(TxLookup::Found(TxFacts { paid_sats: paid, block })), tip: Some(110), explorer: 0 }
+        let outputs = vec![(PAY_TO.to_string(), paid), ("bcrt1qother".to_string(), 5)];
+        LookupResult { tx: Ok(TxAnswer::Found { block, outputs }), tip: Some(110), explorer: 0 }
     }
 
     /// Runs one request through admit, a lookup with `result` and resolve, as the glue does.
     fn verify(gate: &Gate, store: &MemoryStore, hs: &[(&str, &str)], result: &LookupResult) -> (Verdict, Effects) {
         let ticket = ticket_of(admit(gate, store, "/api", hs, &[TXID]).0);
-        let stored = gate.remember(store, &ticket.txid, result, NOW_MS);
+        let stored = gate.remember(store, &ticket.txid, ticket.payee.as_ref(), result, NOW_MS);
         gate.resolve(store, ticket, result, stored, NOW_MS)
     }
 
@@ -668,7 +780,7 @@ mod tests {
     #[test]
     fn negative_answers_are_cached_until_their_ttl() {
         let (gate, store) = gate(json!({"cache": {"not_found_ttl": "10s"}}));
-        let result = LookupResult { tx: Ok(TxLookup::NotFound), tip: None, explorer: 0 };
+        let result = LookupResult { tx: Ok(TxAnswer::NotFound), tip: None, explorer: 0 };
         assert_eq!(code(&verify(&gate, &store, &[], &result).0), "tx_not_found");
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "tx_not_found");
         assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 10_000)), "lookup");
@@ -763,5 +875,91 @@ mod tests {
         let (paid, _) = verify(&gate, &store, &[("x-policy", "1")], &found(750, Some(100)));
         assert!(matches!(&paid, Verdict::Allow { discount: Some(d), .. } if d == "v2:25"), "{paid:?}");
         assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_payment");
+    }
+
+    /// The BIP-86 test vector's account key re-encoded as a tpub, for regtest.
+    fn regtest_tpub() -> String {
+        let xpub = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ";
+        let mut raw = bs58::decode(xpub).with_check(None).into_vec().unwrap();
+        raw[..4].copy_from_slice(&[0x04, 0x35, 0x87, 0xcf]);
+        bs58::encode(raw).with_check().into_string()
+    }
+
+    fn address_of(gate: &Gate, key: &str) -> ClientAddress {
+        let headers = headers(&[("x-api-key", key)]);
+        let facts = RequestFacts {
+            path: "/api",
+            headers: &headers,
+            principal: None,
+            source_address: None,
+            claims: &[],
+            now_ms: NOW_MS,
+        };
+        gate.client_address(&facts).unwrap().unwrap()
+    }
+
+    fn paying(address: &str, sats: u64) -> LookupResult {
+        let block = Some(BlockPlace { height: 100, time: NOW_MS / 1000 - 60 });
+        LookupResult {
+            tx: Ok(TxAnswer::Found { block, outputs: vec![(address.to_string(), sats)] }),
+            tip: Some(110),
+            explorer: 0,
+        }
+    }
+
+    #[test]
+    fn every_client_pays_its_own_address_and_nobody_can_use_it_first() {
+        let (gate, store) = gate(json!({
+            "pay_to": {"xpub": regtest_tpub(), "script": "p2wpkh", "branch": 0},
+            "bind_to": "header:x-api-key"
+        }));
+        // No identity: told what to present, never shown a shared address.
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[]).0), "identity_required");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "identity_required");
+        let alice = address_of(&gate, "alice");
+        let bob = address_of(&gate, "bob");
+        assert_ne!(alice.address, bob.address);
+        assert!(alice.address.starts_with("bcrt1q"), "{}", alice.address);
+        assert_eq!(address_of(&gate, "alice"), alice, "stable (and cached)");
+        // The thief presents alice's txid first, with its own identity: its address got nothing.
+        let (thief, _) = verify(&gate, &store, &[("x-api-key", "bob")], &paying(&alice.address, 1000));
+        assert!(
+            matches!(&thief, Verdict::Reject { rejection: Rejection::InsufficientPayment { paid_sats: 0, .. }, .. }),
+            "{thief:?}"
+        );
+        let (paid, _) = verify(&gate, &store, &[("x-api-key", "alice")], &paying(&alice.address, 1000));
+        match paid {
+            Verdict::Allow { address_path, .. } => assert_eq!(address_path, Some(alice.path_text())),
+            other => panic!("alice paid her own address: {other:?}"),
+        }
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-api-key", "alice")], &[TXID]).0), "allow");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-api-key", "bob")], &[TXID]).0), "insufficient_payment");
+    }
+
+    #[test]
+    fn an_xpub_needs_a_binding_identity_and_its_network() {
+        let base = json!({"network": "regtest", "price_sats": 1000, "explorers": [{"cluster": "e", "authority": "e"}]});
+        let with = |pay_to: serde_json::Value, bind: bool| {
+            let mut v = base.clone();
+            v["pay_to"] = pay_to;
+            if bind {
+                v["bind_to"] = json!("header:x-api-key");
+            }
+            Config::from_json(v.to_string().as_bytes()).map(|_| ()).map_err(|e| e.field)
+        };
+        assert_eq!(with(json!({"xpub": regtest_tpub(), "script": "p2tr"}), false), Err("bind_to".to_string()));
+        assert_eq!(with(json!({"xpub": regtest_tpub(), "script": "p2tr"}), true), Ok(()));
+        let mainnet = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ";
+        assert_eq!(with(json!({"xpub": mainnet, "script": "p2tr"}), true), Err("pay_to.xpub".to_string()));
+        assert_eq!(with(json!({"xpub": regtest_tpub(), "script": "p2pkh"}), true), Err("pay_to.script".to_string()));
+        assert_eq!(with(json!({"xpub": regtest_tpub()}), true), Err("pay_to.script".to_string()));
+        assert_eq!(
+            with(json!({"xpub": regtest_tpub(), "script": "p2tr", "branch": 2147483648u64}), true),
+            Err("pay_to.branch".to_string())
+        );
+        assert_eq!(
+            with(json!({"xpub": regtest_tpub(), "script": "p2tr", "extra": 1}), true),
+            Err("pay_to".to_string())
+        );
     }
 }

@@ -70,6 +70,16 @@ pub fn identity_hash(source: &IdentitySource, value: &[u8]) -> u64 {
 }
 
 impl IdentitySource {
+    /// The configuration's spelling, e.g. `header:x-api-key` (part of the per-client address
+    /// derivation, see `xpub::index_of`).
+    pub fn name(&self) -> String {
+        match self {
+            IdentitySource::Header(name) => format!("header:{name}"),
+            IdentitySource::MtlsPrincipal => "mtls_principal".to_string(),
+            IdentitySource::SourceAddress => "source_address".to_string(),
+        }
+    }
+
     /// How a client presents this identity, for the `identity_required` answer.
     pub fn describe(&self) -> String {
         match self {

@@ -27,6 +27,7 @@ pub mod rejection;
 pub mod scope;
 pub mod store;
 pub mod txid;
+pub mod xpub;
 
 #[cfg(test)]
 mod regressions;

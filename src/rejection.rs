@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::config::{Config, Policy};
+use crate::gate::ClientAddress;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -128,7 +129,7 @@ impl Rejection {
     }
 
     /// The JSON body. Every 402 carries the payment challenge, so a client can pay without docs.
-    pub fn body(&self, config: &Config, policy: Option<&Policy>) -> String {
+    pub fn body(&self, config: &Config, policy: Option<&Policy>, payee: Option<&ClientAddress>) -> String {
         let mut body = json!({"error": self.code(), "message": self.message(config)});
         let extra = match self {
             Rejection::InsufficientPayment { paid_sats, required_sats } => {
@@ -151,7 +152,7 @@ impl Rejection {
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), extra) {
             obj.extend(extra);
             if let (402, Some(policy)) = (self.status(), policy) {
-                obj.insert("payment".to_string(), challenge(config, policy));
+                obj.insert("payment".to_string(), challenge(config, policy, payee));
             }
         }
         body.to_string()
@@ -174,16 +175,22 @@ impl Rejection {
     }
 }
 
-/// How to pay for the route: everything a client needs to build the payment.
-pub fn challenge(config: &Config, policy: &Policy) -> Value {
-    json!({
+/// How to pay for the route: everything a client needs to build the payment. With per-client
+/// addresses, `pay_to` holds this client's own address and `derivation` where it comes from.
+pub fn challenge(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> Value {
+    let mut challenge = json!({
         "network": config.network.name(),
         "pay_to": config.pay_to,
         "price_sats": policy.price_sats,
         "min_confirmations": policy.min_confirmations,
         "max_age_secs": policy.max_age.as_secs(),
         "header": config.header,
-    })
+    });
+    if let (Some(p), Some(obj)) = (payee, challenge.as_object_mut()) {
+        obj.insert("pay_to".to_string(), json!([p.address]));
+        obj.insert("derivation".to_string(), json!({"path": p.path_text()}));
+    }
+    challenge
 }
 
 #[cfg(test)]
@@ -203,7 +210,7 @@ mod tests {
 
     fn body_of(r: &Rejection) -> Value {
         let c = config();
-        serde_json::from_str(&r.body(&c, Some(&c.default_policy))).unwrap()
+        serde_json::from_str(&r.body(&c, Some(&c.default_policy), None)).unwrap()
     }
 
     #[test]

@@ -42,6 +42,9 @@ impl Scopes {
         let chain = fnv1a64(&[chain_text.as_bytes()]);
         let mut pay_to = config.pay_to.clone();
         pay_to.sort();
+        if let Some(x) = &config.pay_to_xpub {
+            pay_to.push(format!("{}|{}|{}", x.text, x.script.name(), x.branch));
+        }
         let grant_requests = config.grant.requests.map_or(String::new(), |n| n.to_string());
         let grant_window = config.grant.window.map_or(String::new(), |w| w.as_secs().to_string());
         let bind_to = config.bind_to.as_ref().map_or(String::new(), IdentitySource::describe);

@@ -7,7 +7,7 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Policy;
 use crate::duration::millis;
-use crate::gate::{Effects, Gate, Verdict};
+use crate::gate::{ClientAddress, Effects, Gate, Verdict};
 use crate::metrics::Counter;
 use crate::rejection::Rejection;
 use crate::store::{SharedStore, StoreError};
@@ -126,9 +126,17 @@ pub fn property(path: &[&str]) -> Option<String> {
 }
 
 /// Sends the local reply for a rejection; the caller must not resume the request afterwards.
-pub fn send_rejection(context_id: u32, gate: &Gate, metrics: &Metrics, rejection: &Rejection, policy: Option<&Policy>) {
+/// `payee` is the client's own address (xpub `pay_to`), shown in the challenge instead of `pay_to`.
+pub fn send_rejection(
+    context_id: u32,
+    gate: &Gate,
+    metrics: &Metrics,
+    rejection: &Rejection,
+    policy: Option<&Policy>,
+    payee: Option<&ClientAddress>,
+) {
     metrics.count(rejection.counter());
-    let body = rejection.body(&gate.config, policy);
+    let body = rejection.body(&gate.config, policy, payee);
     let extra = rejection.headers();
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
     headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
@@ -146,7 +154,7 @@ pub fn add_request_header(context_id: u32, name: &str, value: &str) {
 /// The headers a forwarded request carries to the API for this verdict.
 pub fn forwarded_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
     match verdict {
-        Verdict::Allow { txid, receipt, discount, .. } => {
+        Verdict::Allow { txid, receipt, discount, address_path, .. } => {
             let mut headers = vec![
                 ("x-txgate-txid", txid.to_string()),
                 ("x-txgate-paid-sats", receipt.paid_sats.to_string()),
@@ -154,6 +162,9 @@ pub fn forwarded_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
             ];
             if let Some(discount) = discount {
                 headers.push(("x-txgate-discount", discount.clone()));
+            }
+            if let Some(path) = address_path {
+                headers.push(("x-txgate-address-path", path.clone()));
             }
             headers
         }
@@ -184,11 +195,19 @@ pub fn count_forwarded(context_id: u32, metrics: &Metrics, verdict: &Verdict) {
 
 /// Carries out the verdict on a paused request from the root context (after
 /// `set_effective_context`): adds the headers and resumes it, or sends the rejection.
-pub fn carry_out_paused(context_id: u32, gate: &Gate, metrics: &Metrics, verdict: &Verdict) {
+pub fn carry_out_paused(
+    context_id: u32,
+    gate: &Gate,
+    metrics: &Metrics,
+    verdict: &Verdict,
+    payee: Option<&ClientAddress>,
+) {
     match verdict {
-        Verdict::Reject { rejection, policy } => send_rejection(context_id, gate, metrics, rejection, policy.as_ref()),
+        Verdict::Reject { rejection, policy } => {
+            send_rejection(context_id, gate, metrics, rejection, policy.as_ref(), payee)
+        }
         Verdict::Lookup(ticket) => {
-            send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&ticket.policy));
+            send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&ticket.policy), payee);
         }
         Verdict::Free | Verdict::Allow { .. } | Verdict::AllowUnverified => {
             for (name, value) in forwarded_headers(verdict) {

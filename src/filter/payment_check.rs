@@ -153,7 +153,10 @@ impl PaymentCheck {
         let mut ticket = match verdict {
             Verdict::Lookup(ticket) => ticket,
             Verdict::Reject { rejection, policy } => {
-                host::send_rejection(self.id, gate, &self.metrics, &rejection, policy.as_ref());
+                // A 402 shows the client its own address (xpub pay_to; derived once per identity).
+                let payee = (rejection.status() == 402).then(|| gate.client_address(&facts)).flatten();
+                let payee = payee.and_then(Result::ok);
+                host::send_rejection(self.id, gate, &self.metrics, &rejection, policy.as_ref(), payee.as_ref());
                 return Action::Pause;
             }
             forwarded => return self.forward(gate, &headers, forged, &forwarded),
@@ -260,7 +263,7 @@ impl PaymentCheck {
     }
 
     fn refuse(&self, gate: &Gate, rejection: Rejection) -> Action {
-        host::send_rejection(self.id, gate, &self.metrics, &rejection, Some(&gate.config.default_policy));
+        host::send_rejection(self.id, gate, &self.metrics, &rejection, Some(&gate.config.default_policy), None);
         Action::Pause
     }
 }

@@ -15,8 +15,8 @@ use super::verifier::{Call, Verifier};
 use crate::breaker::{first_explorer, next_explorer, Breaker};
 use crate::config::Config;
 use crate::duration::millis;
-use crate::esplora::{self, ExplorerError, TxLookup, MAX_BODY_BYTES};
-use crate::gate::{Gate, LookupResult};
+use crate::esplora::{self, ExplorerError, TxAnswer, MAX_BODY_BYTES};
+use crate::gate::{Gate, LookupResult, Stored};
 use crate::metrics::Counter;
 use crate::txid::Txid;
 
@@ -33,6 +33,9 @@ pub struct FilterRoot {
     metrics: Option<Rc<Metrics>>,
     verifier: Rc<RefCell<Verifier>>,
 }
+
+/// `<branch>/<hi>/<lo>` of a per-client address.
+type DerivationPath = (u32, u32, u32);
 
 /// Lookups that finished during one callback, answered after the verifier is released.
 type Finished = Vec<(Txid, LookupResult)>;
@@ -149,7 +152,7 @@ impl FilterRoot {
         gate: &Gate,
         v: &mut Verifier,
         (txid, explorer): (Txid, usize),
-        answer: Result<TxLookup, ExplorerError>,
+        answer: Result<TxAnswer, ExplorerError>,
         now_ms: u64,
         done: &mut Finished,
     ) {
@@ -173,10 +176,7 @@ impl FilterRoot {
                 if let Some(b) = v.breakers.get_mut(explorer) {
                     b.success();
                 }
-                let block_height = match &lookup {
-                    TxLookup::Found(f) => f.block.map(|b| b.height),
-                    TxLookup::NotFound => None,
-                };
+                let block_height = lookup.block().map(|b| b.height);
                 // A block above this explorer's known tip proves that tip old: read it again.
                 let needs_tip = block_height.is_some_and(|h| {
                     v.tips_in_flight.contains(&explorer) || gate.tip_needed(&HostStore, explorer, Some(h), now_ms)
@@ -229,15 +229,26 @@ impl FilterRoot {
                 Ok(mut v) => v.finish(&txid),
                 Err(_) => continue,
             };
-            let stored = gate.remember(&HostStore, &txid, &result, now_ms);
+            // One record per payee: with per-client addresses, each client's own outputs count.
+            let mut stored_for: Vec<(Option<DerivationPath>, Stored)> = Vec::new();
             for (context_id, ticket) in waiters {
+                let path = ticket.payee.as_ref().map(|p| p.path);
+                let stored = match stored_for.iter().find(|(p, _)| *p == path) {
+                    Some((_, stored)) => *stored,
+                    None => {
+                        let stored = gate.remember(&HostStore, &txid, ticket.payee.as_ref(), &result, now_ms);
+                        stored_for.push((path, stored));
+                        stored
+                    }
+                };
+                let payee = ticket.payee.clone();
                 let (verdict, effects) = gate.resolve(&HostStore, ticket, &result, stored, now_ms);
                 host::count_effects(metrics, effects);
                 // A request that ended while waiting is gone from the host: nothing to answer.
                 if hostcalls::set_effective_context(context_id).is_err() {
                     continue;
                 }
-                host::carry_out_paused(context_id, gate, metrics, &verdict);
+                host::carry_out_paused(context_id, gate, metrics, &verdict, payee.as_ref());
             }
         }
     }
@@ -279,7 +290,7 @@ impl Context for FilterRoot {
             };
             match v.calls.remove(&token_id) {
                 Some(Call::Tx { txid, explorer }) => {
-                    let parsed = answer.and_then(|(s, b)| esplora::parse_tx(s, &b, &txid, &gate.config.pay_to));
+                    let parsed = answer.and_then(|(s, b)| esplora::parse_tx_outputs(s, &b, &txid));
                     self.on_tx_answer(&gate, &mut v, (txid, explorer), parsed, now_ms, &mut done);
                 }
                 Some(Call::Tip { explorer }) => {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use crate::breaker::Breaker;
-use crate::esplora::{ExplorerError, TxLookup};
+use crate::esplora::{ExplorerError, TxAnswer};
 use crate::gate::{Gate, Ticket};
 use crate::txid::Txid;
 
@@ -17,7 +17,7 @@ pub struct Lookup {
     pub waiters: Vec<(u32, Ticket)>,
     pub started_ms: u64,
     /// The transaction answer and the explorer that gave it, kept while its tip is being read.
-    pub tx: Option<(Result<TxLookup, ExplorerError>, usize)>,
+    pub tx: Option<(Result<TxAnswer, ExplorerError>, usize)>,
     /// Who started it, for the per-client in-flight count.
     pub client_key: u64,
 }
