@@ -290,4 +290,24 @@ mod tests {
         assert_eq!(tx["vout"][0]["value"].as_f64(), Some(1e30));
         assert_eq!(tx["status"]["block_height"], u64::MAX);
     }
+
+    #[test]
+    fn bits_and_forging_faults() {
+        assert_eq!(parse_bits("207fffff"), Ok(0x207f_ffff));
+        assert_eq!(parse_bits("1f00ffff"), Ok(0x1f00_ffff));
+        for bad in ["", "207ffff", "+07fffff", "zz7fffff", "04923456", "1d000000", "2100ffff", "0200ffff"] {
+            assert!(parse_bits(bad).is_err(), "{bad}");
+        }
+        let f = |body: &str| Fault::parse(body.as_bytes());
+        let forged =
+            f(r#"{"mode":"tip_disagrees","txid":"aa00000000000000000000000000000000000000000000000000000000000000"}"#)
+                .unwrap();
+        // A forged chain ignores txid scoping: every endpoint must tell the same story.
+        assert!(forged.applies(Kind::Tip) && forged.applies(Kind::Other));
+        let raw = f(r#"{"mode":"raw_tx_mismatch"}"#).unwrap();
+        assert!(raw.applies(Kind::Tx(T)) && !raw.applies(Kind::Tip));
+        assert!(f(r#"{"mode":"fake_low_work_chain","sats":1}"#).is_err());
+        assert!(f(r#"{"mode":"header_below_floor","bits":"04923456"}"#).is_err());
+        assert_eq!(f(r#"{"mode":"header_below_floor"}"#).unwrap().bits(), Ok(crate::chain::REGTEST_BITS));
+    }
 }

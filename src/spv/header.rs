@@ -239,6 +239,23 @@ pub fn parse_blocks_json(body: &[u8]) -> Result<Vec<(u32, Header)>, BlocksError>
     Ok(out)
 }
 
+/// Picks the headers at `height .. height + depth` out of parsed `/blocks` pages (any order, any
+/// overlap), lowest first: what [`crate::spv::proof::Evidence::headers`] wants. `None` when one is
+/// missing or a height appears twice with different headers.
+pub fn headers_at(blocks: &[(u32, Header)], height: u32, depth: u32) -> Option<Vec<Header>> {
+    let mut out = Vec::new();
+    for offset in 0..depth {
+        let h = height.checked_add(offset)?;
+        let mut found = blocks.iter().filter(|(bh, _)| *bh == h).map(|(_, header)| header);
+        let first = found.next()?;
+        if found.any(|other| other != first) {
+            return None;
+        }
+        out.push(*first);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +357,22 @@ mod tests {
         // Today's mainnet floor is harder than 2022's difficulty.
         let mainnet = default_floor(crate::address::Network::Mainnet).unwrap();
         assert!(check_chain(&headers, &mainnet).is_err());
+    }
+
+    #[test]
+    fn headers_at_picks_consecutive_heights() {
+        let parsed = parse_blocks_json(MEMPOOL_DOCS_BLOCKS_730000.as_bytes()).unwrap();
+        let both = headers_at(&parsed, 729_999, 2).unwrap();
+        assert_eq!(both.iter().map(|h| h.hash).collect::<Vec<_>>(), vec![parsed[0].1.hash, parsed[1].1.hash]);
+        assert_eq!(headers_at(&parsed, 730_000, 1).unwrap(), vec![parsed[1].1]);
+        assert_eq!(headers_at(&parsed, 730_000, 2), None);
+        assert_eq!(headers_at(&parsed, 729_998, 1), None);
+        assert_eq!(headers_at(&parsed, u32::MAX, 2), None);
+        assert_eq!(headers_at(&parsed, 5, 0), Some(vec![]));
+        // Two pages that disagree about a height.
+        let mut conflicting = parsed.clone();
+        conflicting.push((730_000, parsed[0].1));
+        assert_eq!(headers_at(&conflicting, 730_000, 1), None);
     }
 
     #[test]

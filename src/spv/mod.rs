@@ -15,7 +15,7 @@ pub mod tx;
 mod vectors;
 
 pub use hash::{decode_hex_body, dsha256, Hash256, HexError};
-pub use header::{check_chain, parse_blocks_json, BlocksError, ChainError, Header, HeaderError};
+pub use header::{check_chain, headers_at, parse_blocks_json, BlocksError, ChainError, Header, HeaderError};
 pub use merkle::{fold_branch, MerkleError, MerkleProof};
 pub use proof::{verify, Evidence, ProofError, Verified};
 pub use target::{default_floor, default_floor_bits, parse_floor_bits, CompactError, Target};

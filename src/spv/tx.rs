@@ -350,4 +350,29 @@ mod tests {
         let prefix = tx.outputs[0].script_pubkey[..24].to_vec();
         assert_eq!(paid_to(&tx, &[prefix]), Some(0));
     }
+
+    proptest::proptest! {
+        /// Real transactions with bytes flipped, cut or appended: never a panic, and a legacy parse
+        /// always hashes the whole input.
+        #[test]
+        fn mutated_real_transactions_never_panic(
+            which in 0usize..4,
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 0..4),
+            cut in 0usize..4096,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..3),
+        ) {
+            let mut bytes = raw([GENESIS_COINBASE, B170_TX1, B481829_COINBASE, SIGNET_TX][which]);
+            for (at, value) in flips {
+                let len = bytes.len();
+                bytes[at % len] = value;
+            }
+            bytes.truncate(cut.max(1).min(bytes.len()));
+            bytes.extend_from_slice(&tail);
+            if let Ok(tx) = parse_tx(&bytes) {
+                if !tx.segwit {
+                    proptest::prop_assert_eq!(tx.txid, dsha256(&bytes));
+                }
+            }
+        }
+    }
 }
