@@ -138,7 +138,7 @@ deploy-check: wasm .tools/deploy.stamp $(SCHEMA_DIR)/node_modules/.stamp
 # minimised (cmin). A crash stops that target, leaves fuzz/artifacts/<target>/crash-*, and makes
 # `make fuzz` fail after the other targets have run. Not part of `make test`. See fuzz/README.md.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= config txid explorer_tx explorer_tip records path
+FUZZ_TARGETS ?= config txid explorer_tx explorer_tip records path spv_tx spv_merkle spv_header
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_ENV := RUSTC_BOOTSTRAP=1
@@ -159,7 +159,7 @@ fuzz-cmin: fuzz-build
 fuzz: fuzz-build
 	@mkdir -p target/fuzz-logs; failed=""; summary=""; \
 	for t in $(FUZZ_TARGETS); do \
-	  dict=""; case $$t in config|explorer_tx) dict="-dict=dict/json.dict";; esac; \
+	  dict=""; case $$t in config|explorer_tx|spv_merkle|spv_header) dict="-dict=dict/json.dict";; esac; \
 	  echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
 	  ( cd fuzz && $(FUZZ_ENV) ../$(CARGO_FUZZ) run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
 	      -print_final_stats=1 $$dict ) > target/fuzz-logs/$$t.log 2>&1 || failed="$$failed $$t"; \

@@ -101,6 +101,38 @@ pub fn normalise_address(address: &str, network: Network) -> Result<String, Addr
     }
 }
 
+/// The scriptPubKey an output paying `address` carries: P2PKH `76a914{h160}88ac`, P2SH
+/// `a914{h160}87`, segwit `{OP_0 | OP_1..OP_16}{len}{program}` (P2WPKH, P2WSH, P2TR, future
+/// versions). The address is validated for `network` exactly as [`normalise_address`] does.
+pub fn script_pubkey(address: &str, network: Network) -> Result<Vec<u8>, AddressError> {
+    normalise_address(address, network)?;
+    if let Ok((_hrp, version, program)) = bech32::segwit::decode(address) {
+        let v = version.to_u8();
+        let opcode = if v == 0 { 0x00 } else { 0x50u8.checked_add(v).ok_or(AddressError::Malformed)? };
+        let len = u8::try_from(program.len()).map_err(|_| AddressError::Malformed)?;
+        let mut script = vec![opcode, len];
+        script.extend_from_slice(&program);
+        return Ok(script);
+    }
+    let payload = bs58::decode(address).with_check(None).into_vec().map_err(|_| AddressError::Malformed)?;
+    let [p2pkh, p2sh] = network.base58_versions();
+    match payload.split_first() {
+        Some((version, hash)) if *version == p2pkh => {
+            let mut script = vec![0x76, 0xa9, 0x14];
+            script.extend_from_slice(hash);
+            script.extend_from_slice(&[0x88, 0xac]);
+            Ok(script)
+        }
+        Some((version, hash)) if *version == p2sh => {
+            let mut script = vec![0xa9, 0x14];
+            script.extend_from_slice(hash);
+            script.push(0x87);
+            Ok(script)
+        }
+        _ => Err(AddressError::Malformed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +208,30 @@ mod tests {
         }
         assert_eq!(Network::parse("bitcoin"), Some(Network::Mainnet));
         assert_eq!(Network::parse("Mainnet"), None);
+    }
+
+    #[test]
+    fn script_pubkeys_of_each_kind() {
+        let hex_of = |a: &str, n: Network| hex::encode(script_pubkey(a, n).unwrap());
+        // BIP-173 / BIP-350 vectors give the scriptPubKey of each segwit address.
+        assert_eq!(hex_of(MAIN_P2WPKH, Network::Mainnet), "0014751e76e8199196d454941c45d1b3a323f1433bd6");
+        assert_eq!(
+            hex_of(TEST_P2WSH, Network::Testnet),
+            "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"
+        );
+        assert_eq!(
+            hex_of(MAIN_P2TR, Network::Mainnet),
+            "512079be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+        );
+        // Genesis coinbase key's P2PKH address (1A1zP1...) hashes to 62e907b1...
+        assert_eq!(hex_of(MAIN_P2PKH, Network::Mainnet), "76a91462e907b15cbf27d5425399ebf6f0fb50ebb88f1888ac");
+        assert_eq!(hex_of(MAIN_P2SH, Network::Mainnet), "a914b472a266d0bd89c13706a4132ccfb16f7c3b9fcb87");
+        assert_eq!(hex_of(REGTEST_P2WPKH, Network::Regtest), "0014751e76e8199196d454941c45d1b3a323f1433bd6");
+        assert_eq!(hex_of(TEST_P2PKH, Network::Regtest)[..6].to_string(), "76a914");
+        // The uppercase form pays the same script.
+        assert_eq!(hex_of(&MAIN_P2WPKH.to_ascii_uppercase(), Network::Mainnet), hex_of(MAIN_P2WPKH, Network::Mainnet));
+        assert!(script_pubkey(MAIN_P2WPKH, Network::Regtest).is_err());
+        assert!(script_pubkey(MAIN_P2PKH, Network::Testnet).is_err());
+        assert!(script_pubkey("not an address", Network::Mainnet).is_err());
     }
 }

@@ -25,6 +25,7 @@ pub mod penalty;
 pub mod record;
 pub mod rejection;
 pub mod scope;
+pub mod spv;
 pub mod store;
 pub mod txid;
 pub mod xpub;

@@ -214,12 +214,19 @@ impl Chain {
     /// Mines `count` blocks paying the subsidy to `payout`; the first block
     /// confirms the whole mempool. Block `i` gets timestamp `time + i`.
     pub fn mine(&mut self, count: u32, time: u32, payout: &ScriptBuf) -> Vec<BlockHash> {
+        self.mine_with_bits(count, time, payout, REGTEST_BITS)
+    }
+
+    /// [`Chain::mine`] at another nBits: a harder target (e.g. `1f00ffff`, about 65k hashes per
+    /// block) lets tests give txgate a floor above regtest's limit and serve headers below it.
+    pub fn mine_with_bits(&mut self, count: u32, time: u32, payout: &ScriptBuf, bits: u32) -> Vec<BlockHash> {
         let mut hashes = Vec::new();
         for i in 0..count {
             // Fees need the mempool parents, so sum them before taking the txs.
             let fees = self.mempool.iter().filter_map(|tx| self.fee(tx)).fold(Amount::ZERO, |a, f| a + f);
             let txs = std::mem::take(&mut self.mempool);
-            let block = self.build_block(txs, fees, time.saturating_add(i), payout);
+            let spec = BlockSpec { time: time.saturating_add(i), bits, tag: b"txgate-devnet" };
+            let block = build_block(self.tip().block_hash(), self.tip_height() + 1, txs, fees, payout, &spec);
             // Mempool positions are no longer valid; push_block re-indexes the txs.
             hashes.push(block.block_hash());
             self.push_block(block);
@@ -227,54 +234,43 @@ impl Chain {
         hashes
     }
 
-    fn build_block(&self, txs: Vec<Transaction>, fees: Amount, time: u32, payout: &ScriptBuf) -> Block {
-        let height = self.tip_height() + 1;
-        // BIP34 height push; the tag keeps scriptSig >= 2 bytes for small heights.
-        let script_sig = Builder::new().push_int(i64::from(height)).push_slice(b"txgate-devnet").into_script();
-        let coinbase = Transaction {
-            version: Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint::null(),
-                script_sig,
-                sequence: Sequence::MAX,
-                // BIP141 witness reserved value.
-                witness: Witness::from_slice(&[[0u8; 32]]),
-            }],
-            output: vec![TxOut { value: subsidy(height) + fees, script_pubkey: payout.clone() }],
-        };
-        let mut block = Block {
-            header: Header {
-                version: BlockVersion::from_consensus(0x2000_0000),
-                prev_blockhash: self.tip().block_hash(),
-                merkle_root: TxMerkleNode::all_zeros(),
-                time,
-                bits: CompactTarget::from_consensus(REGTEST_BITS),
-                nonce: 0,
-            },
-            txdata: std::iter::once(coinbase).chain(txs).collect(),
-        };
-
-        // BIP141 commitment; the witness root ignores the coinbase, so adding
-        // the output afterwards does not change it.
-        if let Some(root) = block.witness_root() {
-            let commitment = Block::compute_witness_commitment(&root, &[0u8; 32]);
-            let mut data = PushBytesBuf::from([0xaa, 0x21, 0xa9, 0xed]);
-            // 36 bytes always fit a push.
-            let _ = data.extend_from_slice(commitment.as_byte_array());
-            let script = Builder::new().push_opcode(OP_RETURN).push_slice(data).into_script();
-            if let Some(cb) = block.txdata.first_mut() {
-                cb.output.push(TxOut { value: Amount::ZERO, script_pubkey: script });
+    /// Replaces the last `depth` blocks with `depth + 1` new ones that carry none of their
+    /// transactions (as if those payments were double-spent on a heavier branch). Mempool
+    /// transactions that spent outputs of the dropped ones go too. Returns the new blocks' hashes
+    /// and the dropped txids (mempool ones included).
+    pub fn reorg(&mut self, depth: u32, time: u32, payout: &ScriptBuf) -> Result<(Vec<BlockHash>, Vec<Txid>), String> {
+        if depth == 0 || depth > self.tip_height() {
+            return Err(format!("reorg depth must be 1..={}", self.tip_height()));
+        }
+        let keep = (self.tip_height() + 1 - depth) as usize;
+        let old_blocks = std::mem::take(&mut self.blocks);
+        let (kept, removed) = old_blocks.split_at(keep);
+        let mempool = std::mem::take(&mut self.mempool);
+        let mut dropped: Vec<Txid> =
+            removed.iter().flat_map(|b| b.txdata.iter().skip(1)).map(|t| t.compute_txid()).collect();
+        let mut rebuilt = Chain::from_parts(kept.to_vec(), Vec::new())?;
+        for tx in mempool {
+            if tx.input.iter().all(|i| rebuilt.prevout(&i.previous_output).is_some()) {
+                rebuilt.push_mempool(tx);
+            } else {
+                dropped.push(tx.compute_txid());
             }
         }
-        if let Some(root) = block.compute_merkle_root() {
-            block.header.merkle_root = root;
+        *self = rebuilt;
+        let mut hashes = Vec::new();
+        let pending = std::mem::take(&mut self.mempool);
+        for i in 0..=depth {
+            // A distinct coinbase tag: the new branch never repeats an old block.
+            let spec = BlockSpec { time: time.saturating_add(i), bits: REGTEST_BITS, tag: b"txgate-devnet/reorg" };
+            let block =
+                build_block(self.tip().block_hash(), self.tip_height() + 1, Vec::new(), Amount::ZERO, payout, &spec);
+            hashes.push(block.block_hash());
+            self.push_block(block);
         }
-        let target = regtest_target();
-        while block.header.validate_pow(target).is_err() {
-            block.header.nonce = block.header.nonce.wrapping_add(1);
+        for tx in pending {
+            self.push_mempool(tx);
         }
-        block
+        Ok((hashes, dropped))
     }
 
     /// Merkle branch (sibling hashes, leaf to root) for the tx at `pos`.
@@ -288,6 +284,82 @@ impl Chain {
 impl Default for Chain {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What makes one block differ from another at the same place.
+pub struct BlockSpec<'a> {
+    pub time: u32,
+    pub bits: u32,
+    /// Pushed into the coinbase after the BIP34 height.
+    pub tag: &'a [u8],
+}
+
+/// A block at `height` on top of `prev`: a coinbase paying subsidy + `fees` to `payout`, then
+/// `txs`, with the BIP141 commitment and a nonce that meets `spec.bits`.
+pub fn build_block(
+    prev: BlockHash,
+    height: u32,
+    txs: Vec<Transaction>,
+    fees: Amount,
+    payout: &ScriptBuf,
+    spec: &BlockSpec,
+) -> Block {
+    // BIP34 height push; the tag keeps scriptSig >= 2 bytes for small heights.
+    let tag = PushBytesBuf::try_from(spec.tag.to_vec()).unwrap_or_default();
+    let script_sig = Builder::new().push_int(i64::from(height)).push_slice(tag).into_script();
+    let coinbase = Transaction {
+        version: Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig,
+            sequence: Sequence::MAX,
+            // BIP141 witness reserved value.
+            witness: Witness::from_slice(&[[0u8; 32]]),
+        }],
+        output: vec![TxOut { value: subsidy(height) + fees, script_pubkey: payout.clone() }],
+    };
+    let mut block = Block {
+        header: Header {
+            version: BlockVersion::from_consensus(0x2000_0000),
+            prev_blockhash: prev,
+            merkle_root: TxMerkleNode::all_zeros(),
+            time: spec.time,
+            bits: CompactTarget::from_consensus(spec.bits),
+            nonce: 0,
+        },
+        txdata: std::iter::once(coinbase).chain(txs).collect(),
+    };
+
+    // BIP141 commitment; the witness root ignores the coinbase, so adding
+    // the output afterwards does not change it.
+    if let Some(root) = block.witness_root() {
+        let commitment = Block::compute_witness_commitment(&root, &[0u8; 32]);
+        let mut data = PushBytesBuf::from([0xaa, 0x21, 0xa9, 0xed]);
+        // 36 bytes always fit a push.
+        let _ = data.extend_from_slice(commitment.as_byte_array());
+        let script = Builder::new().push_opcode(OP_RETURN).push_slice(data).into_script();
+        if let Some(cb) = block.txdata.first_mut() {
+            cb.output.push(TxOut { value: Amount::ZERO, script_pubkey: script });
+        }
+    }
+    if let Some(root) = block.compute_merkle_root() {
+        block.header.merkle_root = root;
+    }
+    mine_header(&mut block.header);
+    block
+}
+
+/// Searches nonces (then times) until the header meets its own nBits.
+pub fn mine_header(header: &mut Header) {
+    let target = Target::from_compact(header.bits);
+    header.nonce = 0;
+    while header.validate_pow(target).is_err() {
+        header.nonce = header.nonce.wrapping_add(1);
+        if header.nonce == 0 {
+            header.time = header.time.wrapping_add(1);
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use crate::chain::Chain;
 use crate::esplora;
 use crate::faults::{self, Fault, Kind, Mode, Stats};
 use crate::http::{Reply, Request, Response};
+use crate::lies;
 use crate::store;
 use crate::wallet::{self, merchant_key, wallet_key};
 use bitcoin::{Amount, BlockHash, ScriptBuf, TxOut, Txid};
@@ -100,12 +101,24 @@ impl Node {
     }
 
     pub fn mine(&self, blocks: u32, time: Option<u32>) -> Result<(u32, Vec<BlockHash>), String> {
+        self.mine_with_bits(blocks, time, crate::chain::REGTEST_BITS)
+    }
+
+    pub fn mine_with_bits(&self, blocks: u32, time: Option<u32>, bits: u32) -> Result<(u32, Vec<BlockHash>), String> {
         if blocks == 0 || blocks > 10_000 {
             return Err("blocks must be 1..=10000".into());
         }
         self.write(|chain| {
-            let hashes = chain.mine(blocks, time.unwrap_or_else(now), &wallet_key().script_pubkey());
+            let hashes = chain.mine_with_bits(blocks, time.unwrap_or_else(now), &wallet_key().script_pubkey(), bits);
             Ok((chain.tip_height(), hashes))
+        })
+    }
+
+    /// Replaces the last `depth` blocks with `depth + 1` new ones without their transactions.
+    pub fn reorg(&self, depth: u32, time: Option<u32>) -> Result<(u32, Vec<BlockHash>, Vec<Txid>), String> {
+        self.write(|chain| {
+            let (hashes, dropped) = chain.reorg(depth, time.unwrap_or_else(now), &wallet_key().script_pubkey())?;
+            Ok((chain.tip_height(), hashes, dropped))
         })
     }
 }
@@ -125,6 +138,17 @@ pub struct PayRequest {
 struct MineRequest {
     #[serde(default = "one")]
     blocks: u32,
+    #[serde(default)]
+    time: Option<u32>,
+    /// nBits as 8 hex digits (default regtest's 207fffff).
+    #[serde(default)]
+    bits: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReorgRequest {
+    depth: u32,
     #[serde(default)]
     time: Option<u32>,
 }
@@ -186,7 +210,7 @@ impl Instance {
         if req.method != "GET" && req.method != "HEAD" {
             return Response::text(405, "Method Not Allowed").into();
         }
-        let mut resp = self.esplora(path, mode);
+        let mut resp = self.esplora(path, fault.as_ref());
         if mode == Mode::TruncatedJson {
             let half = resp.body.len() / 2;
             resp.body.truncate(half);
@@ -194,14 +218,27 @@ impl Instance {
         resp.into()
     }
 
-    fn esplora(&self, path: &str, mode: Mode) -> Response {
-        let chain = self.node.chain();
+    fn esplora(&self, path: &str, fault: Option<&Fault>) -> Response {
+        let mode = fault.map_or(Mode::None, |f| f.mode);
+        let honest = self.node.chain();
+        // A forging fault answers every endpoint from its own chain, consistently.
+        let forged = match fault.and_then(|f| lies::forged_chain(&honest, f)) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => return Response::text(500, format!("forging failed: {e}")),
+            None => None,
+        };
+        let chain: &Chain = forged.as_ref().unwrap_or(&honest);
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segs.as_slice() {
             ["blocks", "tip", "height"] if mode == Mode::BadTip => Response::text(200, "abc"),
             ["blocks", "tip", "hash"] if mode == Mode::BadTip => Response::text(200, "abc"),
             ["blocks", "tip", "height"] => Response::text(200, chain.tip_height().to_string()),
             ["blocks", "tip", "hash"] => Response::text(200, chain.tip().block_hash().to_string()),
+            ["blocks"] => blocks_page(chain, chain.tip_height()),
+            ["blocks", h] => match h.parse::<u32>() {
+                Ok(h) if h <= chain.tip_height() => blocks_page(chain, h),
+                _ => Response::text(404, "Block not found"),
+            },
             ["block-height", h] => match h.parse::<u32>().ok().and_then(|h| chain.block_at(h)) {
                 Some(b) => Response::text(200, b.block_hash().to_string()),
                 None => Response::text(404, "Block not found"),
@@ -214,9 +251,9 @@ impl Instance {
                     return Response::text(404, "Block not found");
                 };
                 match rest {
-                    [] => Response::json(200, &esplora::block_json(&chain, height, block)),
+                    [] => Response::json(200, &esplora::block_json(chain, height, block)),
                     ["header"] => Response::text(200, esplora::header_hex(block)),
-                    ["status"] => Response::json(200, &esplora::block_status_json(&chain, height)),
+                    ["status"] => Response::json(200, &esplora::block_status_json(chain, height)),
                     ["txids"] => Response::json(
                         200,
                         &json!(block.txdata.iter().map(|t| t.compute_txid().to_string()).collect::<Vec<_>>()),
@@ -229,25 +266,37 @@ impl Instance {
                     return bad_request("Invalid hex string");
                 };
                 if mode == Mode::WrongTxid {
-                    txid = other_txid(&chain, &txid);
+                    txid = other_txid(chain, &txid);
                 }
                 let Some((tx, loc)) = chain.tx(&txid) else {
                     return Response::text(404, "Transaction not found");
                 };
                 match rest {
                     [] => {
-                        let mut j = esplora::tx_json(&chain, tx, loc);
+                        let mut j = esplora::tx_json(chain, tx, loc);
                         faults::mutate_tx(mode, &mut j);
                         Response::json(200, &j)
                     }
                     ["status"] => {
-                        let mut j = esplora::status_json(&chain, loc);
+                        let mut j = esplora::status_json(chain, loc);
                         faults::mutate_status(mode, &mut j);
                         Response::json(200, &j)
                     }
+                    ["hex"] if mode == Mode::RawTxMismatch => {
+                        Response::text(200, esplora::tx_hex(&lies::mismatched_tx(tx)))
+                    }
+                    ["raw"] if mode == Mode::RawTxMismatch => {
+                        Response::new(200, "application/octet-stream", lies::tx_bytes(&lies::mismatched_tx(tx)))
+                    }
                     ["hex"] => Response::text(200, esplora::tx_hex(tx)),
-                    ["merkle-proof"] => match esplora::merkle_proof_json(&chain, loc) {
-                        Some(j) => Response::json(200, &j),
+                    ["raw"] => Response::new(200, "application/octet-stream", lies::tx_bytes(tx)),
+                    ["merkle-proof"] => match esplora::merkle_proof_json(chain, loc) {
+                        Some(mut j) => {
+                            if mode == Mode::BadMerkleBranch {
+                                lies::bad_branch(&mut j);
+                            }
+                            Response::json(200, &j)
+                        }
                         None => Response::text(404, "Transaction not found"),
                     },
                     _ => Response::text(404, "Not Found"),
@@ -267,7 +316,10 @@ impl Instance {
                 let body: &[u8] = if req.body.is_empty() { b"{}" } else { &req.body };
                 serde_json::from_slice::<MineRequest>(body)
                     .map_err(|e| format!("bad request: {e}"))
-                    .and_then(|m| self.node.mine(m.blocks, m.time))
+                    .and_then(|m| {
+                        let bits = m.bits.as_deref().map(faults::parse_bits).transpose()?;
+                        self.node.mine_with_bits(m.blocks, m.time, bits.unwrap_or(crate::chain::REGTEST_BITS))
+                    })
                     .map(|(height, hashes)| {
                         json!({ "height": height, "hashes": hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>() })
                     })
@@ -280,11 +332,17 @@ impl Instance {
                 index.map(|i| json!({ "address": merchant_key(i).address().to_string(), "index": i }))
             }
             ("GET", "fault") => Ok(json!({ "fault": *lock(&self.fault) })),
-            ("POST", "fault") => Fault::parse(&req.body).map(|f| {
-                let mut slot = lock(&self.fault);
-                *slot = (f.mode != Mode::None).then_some(f);
-                json!({ "ok": true, "fault": *slot })
-            }),
+            ("POST", "fault") => Fault::parse(&req.body).and_then(|f| self.set_fault(f)),
+            ("POST", "reorg") => serde_json::from_slice::<ReorgRequest>(&req.body)
+                .map_err(|e| format!("bad request: {e}"))
+                .and_then(|r| self.node.reorg(r.depth, r.time))
+                .map(|(height, hashes, dropped)| {
+                    json!({
+                        "height": height,
+                        "hashes": hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                        "dropped": dropped.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+                    })
+                }),
             ("GET", "stats") => Ok(lock(&self.stats).to_json()),
             ("POST", "stats/reset") => {
                 *lock(&self.stats) = Stats::default();
@@ -299,6 +357,30 @@ impl Instance {
         }
     }
 
+    /// Installs a fault. A fake chain is pinned to the tip of now, and the answer tells the
+    /// test the fake payment's txid and the fake blocks' hashes.
+    fn set_fault(&self, mut f: Fault) -> Result<Value, String> {
+        let mut extra = json!({});
+        if f.mode == Mode::FakeLowWorkChain {
+            let chain = self.node.chain();
+            f.fork_height.get_or_insert(chain.tip_height() + 1);
+            let forged = lies::forged_chain(&chain, &f).ok_or("not a forging fault")??;
+            let fork = f.fork_height.unwrap_or(0);
+            let fake = forged.block_at(fork).ok_or("fork height above the tip")?;
+            let txid = fake.txdata.get(1).map(|t| t.compute_txid().to_string());
+            let hashes: Vec<String> =
+                forged.blocks().iter().skip(fork as usize).map(|b| b.block_hash().to_string()).collect();
+            extra = json!({ "fake_txid": txid, "fake_hashes": hashes });
+        }
+        let mut slot = lock(&self.fault);
+        *slot = (f.mode != Mode::None).then_some(f);
+        let mut answer = json!({ "ok": true, "fault": *slot });
+        if let (Some(a), Some(e)) = (answer.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        Ok(answer)
+    }
+
     fn info(&self) -> Value {
         let chain = self.node.chain();
         let key = wallet_key();
@@ -311,6 +393,17 @@ impl Instance {
             "spendable_sats": balance,
         })
     }
+}
+
+/// `GET /blocks[/:height]`: up to 10 blocks descending from `start`, as electrs's `fn blocks`
+/// (`BLOCK_LIMIT` = 10, stopping after genesis).
+fn blocks_page(chain: &Chain, start: u32) -> Response {
+    let page: Vec<Value> = (0..=start)
+        .rev()
+        .take(10)
+        .filter_map(|h| chain.block_at(h).map(|b| esplora::block_json(chain, h, b)))
+        .collect();
+    Response::json(200, &json!(page))
 }
 
 /// Some real transaction other than `txid` (for the `wrong_txid` fault).

@@ -23,6 +23,19 @@ pub enum Mode {
     BadTip,
     NegativeValues,
     HugeValues,
+    // Lies an SPV client must catch (issue 10); see `crate::lies`.
+    /// `/tx/:txid/hex` (and `/raw`) serve bytes that do not hash to the txid.
+    RawTxMismatch,
+    /// `/tx/:txid` JSON amounts differ from the raw transaction.
+    JsonAmountLie,
+    /// `/tx/:txid/merkle-proof` serves a branch that misses the block's merkle root.
+    BadMerkleBranch,
+    /// Every block from `from_height` is served re-mined at `bits` (default 207fffff).
+    HeaderBelowFloor,
+    /// A fake payment confirmed in `depth` fake blocks mined at `bits` on the tip at fault time.
+    FakeLowWorkChain,
+    /// The tip block is served as a sibling with another hash (a one-block fork).
+    TipDisagrees,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +55,22 @@ pub struct Fault {
     /// Affect only the next N matching requests, then clear (default: forever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// nBits (8 hex digits) for `header_below_floor` and `fake_low_work_chain`; default 207fffff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits: Option<String>,
+    /// `header_below_floor`: first height served re-mined (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_height: Option<u32>,
+    /// `fake_low_work_chain`: who the fake payment pays, how much, and how many fake blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sats: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// `fake_low_work_chain`: the first fake height (set to tip + 1 when the fault is posted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_height: Option<u32>,
 }
 
 /// Which explorer endpoint family a request hits; decides fault applicability.
@@ -62,7 +91,27 @@ impl Fault {
                 return Err("fault txid must be 64 hex chars".into());
             }
         }
+        f.bits()?;
+        if f.mode == Mode::FakeLowWorkChain && (f.address.is_none() || f.sats.unwrap_or(0) == 0) {
+            return Err("fake_low_work_chain needs address and sats".into());
+        }
+        if f.depth == Some(0) {
+            return Err("depth must be at least 1".into());
+        }
         Ok(f)
+    }
+
+    /// The nBits a forging fault mines at.
+    pub fn bits(&self) -> Result<u32, String> {
+        match &self.bits {
+            None => Ok(crate::chain::REGTEST_BITS),
+            Some(text) => parse_bits(text),
+        }
+    }
+
+    /// Faults that serve a whole other chain (every endpoint lies consistently).
+    pub fn forges_chain(&self) -> bool {
+        matches!(self.mode, Mode::HeaderBelowFloor | Mode::FakeLowWorkChain | Mode::TipDisagrees)
     }
 
     /// How long to stall first: `delay_ms`, or 3 s for a bare `delay`.
@@ -74,13 +123,20 @@ impl Fault {
     pub fn applies(&self, kind: Kind) -> bool {
         let in_scope = match (&self.txid, kind) {
             (None, _) => true,
+            // A forged chain is one consistent story: scoping it to one txid would contradict it.
+            _ if self.forges_chain() => true,
             (Some(t), Kind::Tx(id)) => t.eq_ignore_ascii_case(id),
             (Some(_), _) => false,
         };
         let relevant = match self.mode {
             Mode::None => false,
             Mode::BadTip => kind == Kind::Tip,
-            Mode::WrongTxid | Mode::NegativeValues | Mode::HugeValues => matches!(kind, Kind::Tx(_)),
+            Mode::WrongTxid
+            | Mode::NegativeValues
+            | Mode::HugeValues
+            | Mode::RawTxMismatch
+            | Mode::JsonAmountLie
+            | Mode::BadMerkleBranch => matches!(kind, Kind::Tx(_)),
             _ => true,
         };
         in_scope && relevant
@@ -101,6 +157,20 @@ pub fn take(slot: &mut Option<Fault>, kind: Kind) -> Option<Fault> {
         }
     }
     Some(taken)
+}
+
+/// nBits as 8 hex digits that decode to a positive, non-overflowing target.
+pub fn parse_bits(text: &str) -> Result<u32, String> {
+    let bits = (text.len() == 8 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(text, 16).ok())
+        .flatten()
+        .ok_or_else(|| format!("bits must be 8 hex digits, got {text:?}"))?;
+    let mantissa = bits & 0x007f_ffff;
+    let exponent = bits >> 24;
+    if mantissa == 0 || bits & 0x0080_0000 != 0 || !(3..=0x20).contains(&exponent) {
+        return Err(format!("bits {text} is not a usable target"));
+    }
+    Ok(bits)
 }
 
 pub fn html_page(status: u16) -> String {
@@ -124,6 +194,15 @@ pub fn mutate_tx(mode: Mode, tx: &mut Value) {
                 for o in vout {
                     let v = o["value"].as_i64().unwrap_or(0);
                     o["value"] = json!(if v == 0 { -1 } else { -v });
+                }
+            }
+        }
+        Mode::JsonAmountLie => {
+            // Each output claims one more bitcoin than the raw transaction pays.
+            if let Some(vout) = tx["vout"].as_array_mut() {
+                for o in vout {
+                    let v = o["value"].as_u64().unwrap_or(0);
+                    o["value"] = json!(v.saturating_add(100_000_000));
                 }
             }
         }
@@ -210,5 +289,25 @@ mod tests {
         mutate_tx(Mode::HugeValues, &mut tx);
         assert_eq!(tx["vout"][0]["value"].as_f64(), Some(1e30));
         assert_eq!(tx["status"]["block_height"], u64::MAX);
+    }
+
+    #[test]
+    fn bits_and_forging_faults() {
+        assert_eq!(parse_bits("207fffff"), Ok(0x207f_ffff));
+        assert_eq!(parse_bits("1f00ffff"), Ok(0x1f00_ffff));
+        for bad in ["", "207ffff", "+07fffff", "zz7fffff", "04923456", "1d000000", "2100ffff", "0200ffff"] {
+            assert!(parse_bits(bad).is_err(), "{bad}");
+        }
+        let f = |body: &str| Fault::parse(body.as_bytes());
+        let forged =
+            f(r#"{"mode":"tip_disagrees","txid":"aa00000000000000000000000000000000000000000000000000000000000000"}"#)
+                .unwrap();
+        // A forged chain ignores txid scoping: every endpoint must tell the same story.
+        assert!(forged.applies(Kind::Tip) && forged.applies(Kind::Other));
+        let raw = f(r#"{"mode":"raw_tx_mismatch"}"#).unwrap();
+        assert!(raw.applies(Kind::Tx(T)) && !raw.applies(Kind::Tip));
+        assert!(f(r#"{"mode":"fake_low_work_chain","sats":1}"#).is_err());
+        assert!(f(r#"{"mode":"header_below_floor","bits":"04923456"}"#).is_err());
+        assert_eq!(f(r#"{"mode":"header_below_floor"}"#).unwrap().bits(), Ok(crate::chain::REGTEST_BITS));
     }
 }

@@ -8,5 +8,6 @@ pub mod esplora;
 pub mod explorer;
 pub mod faults;
 pub mod http;
+pub mod lies;
 pub mod store;
 pub mod wallet;

@@ -378,3 +378,246 @@ fn binary_serves_persists_and_cli_works() {
     assert_eq!(c.get(&format!("/api/tx/{pending}/status")).json()["block_height"], 104);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// --- SPV endpoints and lying explorers (issue 10) ---
+
+use txgate::spv::{self, ChainError, Evidence, Hash256, Header, HeaderError, MerkleProof, ProofError, Target};
+
+/// Everything an SPV client fetches for `txid` from one explorer: raw tx, merkle proof and the
+/// headers from the including block up `depth` blocks (through `/blocks/:height`).
+struct Fetched {
+    txid: Hash256,
+    raw: Vec<u8>,
+    merkle: MerkleProof,
+    headers: Vec<Header>,
+}
+
+fn fetch(c: &mut Client, txid: &str, depth: u32) -> Fetched {
+    let hex = c.get(&format!("/tx/{txid}/hex"));
+    assert_eq!(hex.status, 200, "{}", hex.text());
+    assert_eq!(hex.header("content-type"), Some("text/plain"));
+    let proof = c.get(&format!("/tx/{txid}/merkle-proof"));
+    assert_eq!(proof.status, 200, "{}", proof.text());
+    let merkle = MerkleProof::from_json(&proof.body).unwrap();
+    let top = merkle.block_height + depth - 1;
+    let page = c.get(&format!("/blocks/{top}"));
+    assert_eq!(page.status, 200, "{}", page.text());
+    let headers = spv::parse_blocks_json(&page.body)
+        .unwrap()
+        .into_iter()
+        .filter(|(h, _)| *h >= merkle.block_height)
+        .map(|(_, h)| h)
+        .collect();
+    Fetched {
+        txid: Hash256::from_display_hex(txid).unwrap(),
+        raw: spv::decode_hex_body(&hex.body).unwrap(),
+        merkle,
+        headers,
+    }
+}
+
+fn verify(f: &Fetched, pay_to: &[u8], floor_bits: u32, depth: u32) -> Result<spv::Verified, ProofError> {
+    let floor = Target::from_compact(floor_bits).unwrap();
+    let pay_to = [pay_to.to_vec()];
+    spv::verify(&Evidence {
+        txid: &f.txid,
+        raw_tx: &f.raw,
+        merkle: &f.merkle,
+        headers: &f.headers,
+        pay_to: &pay_to,
+        floor: &floor,
+        min_depth: depth,
+    })
+}
+
+fn merchant_script(c: &mut Client) -> (String, Vec<u8>) {
+    let addr = c.get("/control/address?index=5").json()["address"].as_str().unwrap().to_string();
+    let script = txgate::address::script_pubkey(&addr, txgate::address::Network::Regtest).unwrap();
+    (addr, script)
+}
+
+fn set_fault(c: &mut Client, f: Value) -> Value {
+    let r = c.req("POST", "/control/fault", Some(f));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+const REGTEST: u32 = 0x207f_ffff;
+/// 128x harder than regtest's limit (about 256 hashes a block): a floor the devnet can meet.
+const HARDER: u32 = 0x2000_ffff;
+
+#[test]
+fn spv_endpoints_serve_what_the_filter_verifies() {
+    let node = Node::open(None).unwrap();
+    let mut c = Client::new(start_explorer(&node));
+    let (_, script) = merchant_script(&mut c);
+    let txid = pay(&mut c, 30_000);
+    c.req("POST", "/control/mine", Some(json!({"blocks": 3})));
+    let f = fetch(&mut c, &txid, 3);
+    let v = verify(&f, &script, REGTEST, 3).unwrap();
+    assert_eq!((v.paid_sats, v.block_height, v.depth, v.top_height), (30_000, 102, 3, 104));
+    // The quorum question: /block-height of the top height names the top header.
+    assert_eq!(c.get("/block-height/104").text(), v.top_hash.to_display_hex());
+    assert_eq!(c.get("/block-height/102").text(), v.block_hash.to_display_hex());
+    // /block/:hash/header is the same 80 bytes, as text/plain hex.
+    let header = c.get(&format!("/block/{}/header", v.block_hash));
+    assert_eq!(header.header("content-type"), Some("text/plain"));
+    assert_eq!(Header::from_hex_body(&header.body).unwrap(), f.headers[0]);
+    assert_eq!(v.block_time, f.headers[0].time);
+    // /tx/:txid/raw is the same bytes as /hex, unencoded.
+    let raw = c.get(&format!("/tx/{txid}/raw"));
+    assert_eq!(raw.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(raw.body, f.raw);
+    // /blocks pages: 10 blocks descending from the start (or the tip), stopping after genesis.
+    let page = c.get("/blocks").json();
+    let heights: Vec<u64> = page.as_array().unwrap().iter().map(|b| b["height"].as_u64().unwrap()).collect();
+    assert_eq!(heights, (95..=104).rev().collect::<Vec<u64>>());
+    assert_eq!(page[0]["id"], c.get("/blocks/tip/hash").text());
+    assert_eq!(c.get("/blocks/3").json().as_array().unwrap().len(), 4);
+    assert_eq!(spv::parse_blocks_json(&c.get("/blocks/3").body).unwrap()[0].0, 0);
+    let missing = c.get("/blocks/105");
+    assert_eq!((missing.status, missing.text().as_str()), (404, "Block not found"));
+    assert_eq!(c.get("/blocks/abc").status, 404);
+    assert_eq!(c.get("/block-height/105").status, 404);
+    // Mined at a harder nBits, blocks meet a floor above regtest's limit.
+    let mined = c.req("POST", "/control/mine", Some(json!({"blocks": 2, "bits": "2000ffff"}))).json();
+    assert_eq!(mined["height"], 106);
+    let f = fetch(&mut c, &txid, 5);
+    assert!(verify(&f, &script, HARDER, 3).is_err(), "blocks 102-104 are regtest-easy");
+    let top: Vec<Header> = f.headers[3..].to_vec();
+    assert_eq!(spv::check_chain(&top, &Target::from_compact(HARDER).unwrap()), Ok(()));
+    assert_eq!(c.req("POST", "/control/mine", Some(json!({"bits": "zz"}))).status, 400);
+    assert_eq!(c.req("POST", "/control/mine", Some(json!({"bits": "04923456"}))).status, 400);
+}
+
+#[test]
+fn lying_explorers_are_caught_by_spv() {
+    let node = Node::open(None).unwrap();
+    let mut honest = Client::new(start_explorer(&node));
+    let mut liar = Client::new(start_explorer(&node));
+    let (addr, script) = merchant_script(&mut honest);
+    let txid = pay(&mut honest, 40_000);
+    // Confirm at a harder nBits so that a floor above regtest's limit can be met honestly.
+    honest.req("POST", "/control/mine", Some(json!({"blocks": 2, "bits": "2000ffff"})));
+    let truth = verify(&fetch(&mut honest, &txid, 2), &script, HARDER, 2).unwrap();
+    assert_eq!(truth.paid_sats, 40_000);
+
+    // raw_tx_mismatch: the bytes do not hash to the txid (hex and raw alike).
+    set_fault(&mut liar, json!({"mode": "raw_tx_mismatch"}));
+    assert!(matches!(verify(&fetch(&mut liar, &txid, 2), &script, HARDER, 2), Err(ProofError::TxidMismatch { .. })));
+    let raw = liar.get(&format!("/tx/{txid}/raw")).body;
+    assert_ne!(spv::parse_tx(&raw).unwrap().txid, truth_txid(&txid));
+
+    // json_amount_lie: the JSON claims 1 BTC more per output; the raw bytes still say 40,000.
+    set_fault(&mut liar, json!({"mode": "json_amount_lie"}));
+    let j = liar.get(&format!("/tx/{txid}")).json();
+    assert_eq!(j["vout"][0]["value"], 100_040_000u64);
+    assert_eq!(honest.get(&format!("/tx/{txid}")).json()["vout"][0]["value"], 40_000);
+    assert_eq!(verify(&fetch(&mut liar, &txid, 2), &script, HARDER, 2).unwrap().paid_sats, 40_000);
+
+    // bad_merkle_branch: the branch misses the header's root.
+    set_fault(&mut liar, json!({"mode": "bad_merkle_branch"}));
+    assert_eq!(verify(&fetch(&mut liar, &txid, 2), &script, HARDER, 2), Err(ProofError::MerkleRootMismatch));
+
+    // header_below_floor: the same blocks re-mined at regtest difficulty (new hashes, still linked).
+    set_fault(&mut liar, json!({"mode": "header_below_floor", "from_height": 100}));
+    let f = fetch(&mut liar, &txid, 2);
+    assert_eq!(f.headers[0].bits, REGTEST);
+    assert_ne!(f.headers[0].hash, truth.block_hash);
+    assert_eq!(
+        verify(&f, &script, HARDER, 2),
+        Err(ProofError::Chain(ChainError::Work { index: 0, error: HeaderError::BelowFloor }))
+    );
+    // Blocks 100 and 101 were mined at regtest difficulty already: re-mined, they come out the same.
+    assert_eq!(liar.get("/block-height/101").text(), honest.get("/block-height/101").text());
+    assert_ne!(liar.get("/block-height/102").text(), honest.get("/block-height/102").text());
+
+    // fake_low_work_chain: a payment that never happened, "confirmed" 3 deep on top of the tip.
+    let answer =
+        set_fault(&mut liar, json!({"mode": "fake_low_work_chain", "address": addr, "sats": 5_000_000, "depth": 3}));
+    let fake = answer["fake_txid"].as_str().unwrap().to_string();
+    assert_eq!(answer["fault"]["fork_height"], 104);
+    assert_eq!(answer["fake_hashes"].as_array().unwrap().len(), 3);
+    assert_eq!(honest.get(&format!("/tx/{fake}")).status, 404);
+    assert_eq!(liar.get("/blocks/tip/height").text(), "106");
+    let f = fetch(&mut liar, &fake, 3);
+    // Everything but the work checks out: only the floor (or the quorum) stops it.
+    assert_eq!(verify(&f, &script, REGTEST, 3).unwrap().paid_sats, 5_000_000);
+    assert_eq!(
+        verify(&f, &script, HARDER, 3),
+        Err(ProofError::Chain(ChainError::Work { index: 0, error: HeaderError::BelowFloor }))
+    );
+    assert_eq!(honest.get("/block-height/106").status, 404);
+    // Honest transactions below the fork are still served honestly by the liar.
+    assert_eq!(verify(&fetch(&mut liar, &txid, 2), &script, HARDER, 2).unwrap(), truth);
+
+    // tip_disagrees: a one-block fork at the tip.
+    set_fault(&mut liar, json!({"mode": "tip_disagrees"}));
+    let tip = honest.get("/blocks/tip/height").text();
+    assert_eq!(liar.get("/blocks/tip/height").text(), tip);
+    assert_ne!(liar.get("/blocks/tip/hash").text(), honest.get("/blocks/tip/hash").text());
+    assert_ne!(liar.get(&format!("/block-height/{tip}")).text(), honest.get(&format!("/block-height/{tip}")).text());
+    let below = format!("/block-height/{}", tip.parse::<u32>().unwrap() - 1);
+    assert_eq!(liar.get(&below).text(), honest.get(&below).text());
+    // Its own story is consistent: its proof for the tip block's payment verifies against its headers.
+    let liar_view = verify(&fetch(&mut liar, &txid, 2), &script, HARDER, 2).unwrap();
+    assert_eq!(liar_view.block_hash, truth.block_hash);
+    assert_ne!(liar_view.top_hash, truth.top_hash, "the quorum on the top hash catches it");
+
+    // Faults are per instance; clearing restores the truth.
+    set_fault(&mut liar, json!({"mode": "none"}));
+    assert_eq!(verify(&fetch(&mut liar, &txid, 2), &script, HARDER, 2).unwrap(), truth);
+    // Bad parameters are refused.
+    for bad in [
+        json!({"mode": "fake_low_work_chain"}),
+        json!({"mode": "fake_low_work_chain", "address": "bcrt1qbogus", "sats": 1}),
+        json!({"mode": "header_below_floor", "bits": "xyz"}),
+        json!({"mode": "fake_low_work_chain", "address": addr, "sats": 1, "depth": 0}),
+    ] {
+        assert_eq!(liar.req("POST", "/control/fault", Some(bad.clone())).status, 400, "{bad}");
+    }
+}
+
+fn truth_txid(txid: &str) -> Hash256 {
+    Hash256::from_display_hex(txid).unwrap()
+}
+
+#[test]
+fn reorg_drops_the_old_branch_and_its_payments() {
+    let node = Node::open(None).unwrap();
+    let mut c = Client::new(start_explorer(&node));
+    let (_, script) = merchant_script(&mut c);
+    let paid = pay(&mut c, 25_000);
+    c.req("POST", "/control/mine", Some(json!({"blocks": 2})));
+    let before = verify(&fetch(&mut c, &paid, 2), &script, REGTEST, 2).unwrap();
+    assert_eq!(before.block_height, 102);
+    let old_102 = c.get("/block-height/102").text();
+
+    let r = c.req("POST", "/control/reorg", Some(json!({"depth": 2})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = r.json();
+    assert_eq!(r["height"], 104);
+    assert_eq!(r["hashes"].as_array().unwrap().len(), 3);
+    let dropped: Vec<&str> = r["dropped"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(dropped, [paid.as_str()]);
+    assert_eq!(c.get("/blocks/tip/height").text(), "104");
+    assert_ne!(c.get("/block-height/102").text(), old_102);
+    assert_eq!(c.get(&format!("/tx/{paid}")).status, 404);
+    assert_eq!(c.get(&format!("/tx/{paid}/merkle-proof")).status, 404);
+    assert_eq!(c.get(&format!("/block/{old_102}/header")).status, 404);
+    assert!(c.get("/control/info").json()["mempool"].as_array().unwrap().is_empty());
+    // The new branch links to the kept block 101 and every block holds only its coinbase.
+    let page = spv::parse_blocks_json(&c.get("/blocks/104").body).unwrap();
+    let headers: Vec<Header> = page.iter().filter(|(h, _)| *h >= 101).map(|(_, h)| *h).collect();
+    assert_eq!(spv::check_chain(&headers, &Target::from_compact(REGTEST).unwrap()), Ok(()));
+    for h in 102..=104 {
+        let hash = c.get(&format!("/block-height/{h}")).text();
+        assert_eq!(c.get(&format!("/block/{hash}/txids")).json().as_array().unwrap().len(), 1);
+    }
+    // The wallet's coins are spendable again and the chain goes on.
+    let again = pay(&mut c, 27_000);
+    c.req("POST", "/control/mine", Some(json!({"blocks": 1})));
+    assert_eq!(verify(&fetch(&mut c, &again, 1), &script, REGTEST, 1).unwrap().block_height, 105);
+    assert_eq!(c.req("POST", "/control/reorg", Some(json!({"depth": 0}))).status, 400);
+    assert_eq!(c.req("POST", "/control/reorg", Some(json!({"depth": 500}))).status, 400);
+}
