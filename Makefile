@@ -45,7 +45,7 @@ wasm: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) -p txgate --lib
 
 devnet:
-	cargo build -p devnet --bins
+	cargo build -p devnet -p txgate-admin --bins
 
 build: wasm devnet
 
@@ -64,10 +64,12 @@ lint: .tools/rust.stamp
 	cargo clippy -p txgate --lib -- -D warnings
 	cargo clippy -p txgate --all-targets -- -D warnings $(TEST_CODE_ALLOWS)
 	cargo clippy -p devnet --all-targets -- -D warnings
+	cargo clippy -p txgate-admin --all-targets -- -D warnings
 
 unit:
 	cargo test -p txgate --lib
 	cargo test -p devnet
+	cargo test -p txgate-admin
 
 validate: $(ENVOY) wasm
 	@for f in envoy/*.yaml; do echo "envoy --mode validate $$f"; \

@@ -165,3 +165,46 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BIP-32 test vector 1 (m/0H), as a mainnet xpub and as a tpub.
+    const XPUB: &str = "xpub68Gmy5EdvgibQVfPdqkBBCHxA5htiqg55crXYuXoQRKfDBFA1WEjWgP6LHhwBZeNK1VTsfTFUHCdrfp1bgwQ9xv5ski8PX9rL2dZXvgGDnw";
+
+    fn setup(network: Network, script: ScriptKind) -> Setup {
+        let mut raw = bitcoin::base58::decode_check(XPUB).unwrap();
+        if network != Network::Mainnet {
+            raw[..4].copy_from_slice(&[0x04, 0x35, 0x87, 0xcf]);
+        }
+        let key_text = bitcoin::base58::encode_check(&raw);
+        let key = ExtendedPublicKey::parse(&key_text, network, script).unwrap();
+        Setup { network, key_text, key, script, branch: 7, source: IdentitySource::Header("x-api-key".into()) }
+    }
+
+    #[test]
+    fn txgate_and_rust_bitcoin_derive_the_same_addresses() {
+        for network in [Network::Mainnet, Network::Testnet, Network::Signet, Network::Regtest] {
+            for script in [ScriptKind::P2wpkh, ScriptKind::P2tr] {
+                let setup = setup(network, script);
+                for i in 0..50 {
+                    // `one` fails when the two implementations disagree.
+                    let entry = one(&setup, &format!("client-{i}")).unwrap();
+                    assert!(entry["path"].as_str().unwrap().starts_with("7/"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_the_reason() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(run(&args("address --network regtest")).unwrap_err().contains("--script is required"));
+        let err = run(&args(&format!(
+            "address --network regtest --xpub {XPUB} --script p2wpkh --identity-source header:x --identity a"
+        )))
+        .unwrap_err();
+        assert!(err.contains("--xpub"), "{err}");
+    }
+}
