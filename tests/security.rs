@@ -97,22 +97,12 @@ struct Listener {
     explorer_port: u16,
 }
 
-/// The merchant's plugin config for one listener, with overrides; its explorer cluster is
-/// `explorer_<name>`.
+/// The merchant's plugin config (the harness's) for one listener, with overrides; its explorer
+/// cluster is `explorer_<name>`.
 fn listener_plugin(name: &str, overrides: Value) -> Value {
-    let mut config = json!({
-        "network": "regtest",
-        "pay_to": [MERCHANT],
-        "price_sats": 1000,
-        "min_confirmations": 1,
-        "max_age": "24h",
-        "explorers": [{"cluster": format!("explorer_{name}"), "authority": "explorer.local", "path_prefix": "/api"}],
-        "timeout": "1s",
-        "routes": [{"prefix": "/free", "free": true}, {"prefix": "/premium", "price_sats": 5000, "min_confirmations": 2}],
-        "cache": {"not_found_ttl": "0s", "unconfirmed_ttl": "0s", "tip_ttl": "0s"}
-    });
-    for (k, v) in overrides.as_object().expect("object") {
-        config[k] = v.clone();
+    let mut config = common::plugin_config(1, &overrides);
+    if overrides.get("explorers").is_none() {
+        config["explorers"][0]["cluster"] = json!(format!("explorer_{name}"));
     }
     config
 }
