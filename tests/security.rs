@@ -687,6 +687,11 @@ fn cors_preflights_pass_free_and_other_options_requests_pay() {
     assert_eq!(status, 200);
     let (status, body) = raw(stack.listener_port, "OPTIONS /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!((status, error_of(&body)), (402, "payment_required".into()), "not a preflight: {body}");
+    let (status, body) = raw(
+        stack.listener_port,
+        "OPTIONS /api/x HTTP/1.1\r\nHost: x\r\norigin: https://a\r\naccess-control-request-method: GET\r\ncontent-length: 4\r\nConnection: close\r\n\r\nbody",
+    );
+    assert_eq!((status, error_of(&body)), (402, "payment_required".into()), "a preflight has no body: {body}");
     let seen = stack.backend_seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0]["method"], "OPTIONS");

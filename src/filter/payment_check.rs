@@ -84,6 +84,7 @@ impl PaymentCheck {
         let mut forged = false;
         let mut raw_path: &[u8] = b"";
         let mut preflight = (false, false, false);
+        let mut has_body = false;
         let mut forwarded_for = false;
         let mut txids: Vec<&[u8]> = Vec::new();
         for (name, value) in &headers {
@@ -92,6 +93,8 @@ impl PaymentCheck {
                 ":method" => preflight.0 = value.as_slice() == b"OPTIONS",
                 "origin" => preflight.1 = true,
                 "access-control-request-method" => preflight.2 = true,
+                "transfer-encoding" => has_body = true,
+                "content-length" => has_body |= value.as_slice() != b"0",
                 "x-forwarded-for" => forwarded_for = true,
                 _ if *name == config.header => txids.push(value),
                 _ if is_own_header(name) => forged = true,
@@ -121,8 +124,9 @@ impl PaymentCheck {
             return self.forward(gate, &headers, forged, &Verdict::Free);
         }
         // A CORS preflight carries no credentials by design; browsers send it before the paid
-        // request and fail the page when it is refused.
-        if preflight == (true, true, true) {
+        // request and fail the page when it is refused. It never has a body: one that does is
+        // not a preflight, whatever its headers say.
+        if preflight == (true, true, true) && !has_body {
             self.metrics.count(Counter::Preflights);
             return self.forward(gate, &headers, forged, &Verdict::Free);
         }
