@@ -32,6 +32,10 @@ pub struct RequestFacts<'a> {
     pub principal: Option<&'a str>,
     /// `ip:port` of the client.
     pub source_address: Option<&'a str>,
+    /// Whether `source_address` is the client's own: false when the request carries
+    /// X-Forwarded-For on a listener where Envoy takes that header as the source (no
+    /// `use_remote_address`), so that it names whatever source the client likes.
+    pub source_trusted: bool,
     /// Claims Envoy's `jwt_authn` verified, as (metadata_key, claim, value).
     pub claims: &'a [(String, String, String)],
     pub now_ms: u64,
@@ -286,13 +290,25 @@ impl Gate {
             AccessRef::Paid(policy) => policy,
         };
         let now_secs = facts.now_ms / 1000;
-        let source_id = facts.source_id();
+        let source_id = facts.source_trusted.then(|| facts.source_id()).flatten();
+        // A source address the client chose cannot stand for it where one is needed as its
+        // identity: refused rather than trusted (see `RequestFacts::source_trusted`).
+        let untrusted = |needed: bool| needed && !facts.source_trusted && facts.source_address.is_some();
+        if untrusted(config.bind_to == Some(IdentitySource::SourceAddress)) {
+            return (Verdict::Reject { rejection: Rejection::ForwardedForUntrusted, policy: None }, Effects::default());
+        }
         // A request without the configured identity is struck as its source address: clients
         // without one are not pooled into a single bucket that a few bad requests could ban.
         let mut client_ids: Vec<(u64, u32)> = Vec::new();
         let mut clients: Vec<ClientRecord> = Vec::new();
         if let Some(penalty) = &config.penalty {
-            let own = facts.identity(&penalty.identity);
+            let own = facts
+                .identity(&penalty.identity)
+                .filter(|_| penalty.identity != IdentitySource::SourceAddress || facts.source_trusted);
+            if own.is_none() && untrusted(true) {
+                let rejection = Rejection::ForwardedForUntrusted;
+                return (Verdict::Reject { rejection, policy: None }, Effects::default());
+            }
             client_ids.extend(own.or(source_id).map(|id| (id, penalty.limit(false))));
             // A header or certificate is the client's to choose or rotate; its address is not.
             if own.is_some() && penalty.identity != IdentitySource::SourceAddress && penalty.source_factor > 0 {
@@ -690,6 +706,7 @@ mod tests {
             headers: &headers,
             principal: None,
             source_address: Some("10.0.0.1:999"),
+            source_trusted: true,
             claims: &[],
             now_ms: NOW_MS,
         };
@@ -704,6 +721,7 @@ mod tests {
             headers: &[],
             principal: None,
             source_address: Some("10.0.0.1:999"),
+            source_trusted: true,
             claims: &[],
             now_ms,
         };
@@ -892,6 +910,7 @@ mod tests {
             headers: &headers,
             principal: None,
             source_address: None,
+            source_trusted: true,
             claims: &[],
             now_ms: NOW_MS,
         };
@@ -960,6 +979,39 @@ mod tests {
         assert_eq!(
             with(json!({"xpub": regtest_tpub(), "script": "p2tr", "extra": 1}), true),
             Err("pay_to".to_string())
+        );
+    }
+
+    #[test]
+    fn a_source_address_the_client_chose_never_stands_for_it() {
+        let untrusted = |gate: &Gate, store: &MemoryStore, hs: &[(&str, &str)]| {
+            let headers = headers(hs);
+            let facts = RequestFacts {
+                path: "/api",
+                headers: &headers,
+                principal: None,
+                source_address: Some("198.51.100.7:1"),
+                source_trusted: false,
+                claims: &[],
+                now_ms: NOW_MS,
+            };
+            gate.admit(store, &facts, &[TXID.as_bytes()]).0
+        };
+        let (by_source, store) = gate(json!({"penalty": {"identity": "source_address"}}));
+        assert_eq!(code(&untrusted(&by_source, &store, &[])), "forwarded_for_untrusted");
+        let (bound, store) = gate(json!({"bind_to": "source_address"}));
+        assert_eq!(code(&untrusted(&bound, &store, &[])), "forwarded_for_untrusted");
+        // A client with its own identity is judged by it; its claimed address is not struck.
+        let (by_key, store) = gate(json!({"penalty": {"identity": "header:x-key"}}));
+        let verdict = untrusted(&by_key, &store, &[("x-key", "k")]);
+        match verdict {
+            Verdict::Lookup(ticket) => assert_eq!(ticket.client_ids.len(), 1, "no address bucket"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            code(&untrusted(&by_key, &store, &[])),
+            "forwarded_for_untrusted",
+            "no identity: its address would be"
         );
     }
 }

@@ -139,9 +139,7 @@ impl PaymentCheck {
         .flatten();
         let now_ms = host::now_unix_ms();
         let needs_source = config.penalty.is_some() || uses(&IdentitySource::SourceAddress);
-        if needs_source && !self.source_is_the_peer(forwarded_for, now_ms) {
-            return self.refuse(gate, Rejection::ForwardedForUntrusted);
-        }
+        let source_trusted = !needs_source || self.source_is_the_peer(forwarded_for, now_ms);
         let source_address = needs_source.then(|| host::property(&["source", "address"])).flatten();
         let claims = jwt_claims(config);
         let facts = RequestFacts {
@@ -149,6 +147,7 @@ impl PaymentCheck {
             headers: &headers,
             principal: principal.as_deref(),
             source_address: source_address.as_deref(),
+            source_trusted,
             claims: &claims,
             now_ms,
         };
