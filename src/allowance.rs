@@ -3,8 +3,8 @@
 //! can make every explorer fail (by flooding them into rate limits) gets a handful of requests,
 //! not the API.
 //!
-//! Clients live in a fixed table of slots (`<scope>o/<n>`), one per identity hash; a colliding
-//! newcomer replaces the older client, which can only cost that client passes, never add any.
+//! Clients live in a fixed table of slots (`<scope>o/<n>`), one per identity hash; clients whose
+//! hashes collide share one slot's passes, which can only cost them passes, never add any.
 
 use std::time::Duration;
 
@@ -42,17 +42,15 @@ impl Allowance {
     pub fn take(&self, store: &dyn SharedStore, id: u64, now_secs: u64) -> bool {
         update(store, &self.key(id), |bytes| {
             let mut r = Reader::new(bytes);
-            let (owner, start, used) = match (r.u64(), r.u64(), r.u64()) {
-                (Some(owner), Some(start), Some(used)) if owner == id => (owner, start, used),
-                _ => (id, now_secs, 0),
+            let (start, used) = match (r.u64(), r.u64()) {
+                (Some(start), Some(used)) if now_secs < start.saturating_add(self.window_secs) => (start, used),
+                _ => (now_secs, 0),
             };
-            let (start, used) =
-                if now_secs >= start.saturating_add(self.window_secs) { (now_secs, 0) } else { (start, used) };
             if used >= u64::from(self.per_window) {
                 return (None, false);
             }
-            let mut out = Vec::with_capacity(24);
-            for v in [owner, start, used.saturating_add(1)] {
+            let mut out = Vec::with_capacity(16);
+            for v in [start, used.saturating_add(1)] {
                 put_u64(&mut out, v);
             }
             (Some(out), true)
@@ -77,6 +75,18 @@ mod tests {
         assert!(a.take(&store, 8, 120), "another client has its own");
         assert!(a.take(&store, 7, 160), "a new window");
         assert_eq!(store.len(), 64, "bounded");
+    }
+
+    #[test]
+    fn clients_sharing_a_slot_share_its_passes_so_alternating_gains_nothing() {
+        let store = MemoryStore::default();
+        let a = Allowance::new("txgate/t/o/", 1, 2, Duration::from_secs(60));
+        a.create(&store);
+        assert!(a.take(&store, 7, 100));
+        assert!(a.take(&store, 8, 101));
+        assert!(!a.take(&store, 7, 102));
+        assert!(!a.take(&store, 8, 103));
+        assert!(a.take(&store, 8, 161), "the window ends for the slot");
     }
 
     #[test]
