@@ -226,6 +226,20 @@ impl PaymentTable {
         }
     }
 
+    /// An identity hash keyed with the deployment's secret, so that nobody can craft identities
+    /// that land in another client's penalty-box slot.
+    pub fn keyed(&self, id: u64) -> u64 {
+        let mut h = DefaultHasher::new();
+        h.write(&self.secret.get());
+        h.write_u64(id);
+        h.finish().max(1)
+    }
+
+    /// Reads the deployment's secret again (before a write that depends on it).
+    pub fn refresh(&self, store: &dyn SharedStore) {
+        self.refresh_secret(store);
+    }
+
     /// The two slots a txid may live in, from a hash keyed with the deployment's secret.
     pub fn candidates(&self, txid: &[u8; 32]) -> [usize; 2] {
         let hash = |lane: u8| {

@@ -309,10 +309,12 @@ impl Gate {
                 let rejection = Rejection::ForwardedForUntrusted;
                 return (Verdict::Reject { rejection, policy: None }, Effects::default());
             }
-            client_ids.extend(own.or(source_id).map(|id| (id, penalty.limit(false))));
+            // Keyed per deployment: identities cannot be crafted to share a client's slot.
+            let keyed = |id: u64| self.payments.keyed(id);
+            client_ids.extend(own.or(source_id).map(|id| (keyed(id), penalty.limit(false))));
             // A header or certificate is the client's to choose or rotate; its address is not.
             if own.is_some() && penalty.identity != IdentitySource::SourceAddress && penalty.source_factor > 0 {
-                client_ids.extend(source_id.map(|id| (id, penalty.limit(true))));
+                client_ids.extend(source_id.map(|id| (keyed(id), penalty.limit(true))));
             }
             for (id, _) in &client_ids {
                 let record = penalty.client(store, *id);
@@ -625,6 +627,7 @@ impl Gate {
 
     fn strike(&self, store: &dyn SharedStore, client_ids: &[(u64, u32)], now_secs: u64) -> Effects {
         let Some(penalty) = &self.config.penalty else { return Effects::default() };
+        self.payments.refresh(store);
         let mut effects = Effects::default();
         for (id, limit) in client_ids {
             effects.struck = true;

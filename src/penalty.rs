@@ -136,8 +136,12 @@ impl PenaltyConfig {
             return Ok(None);
         }
         update(store, &self.key(id), |bytes| {
-            let mut r =
-                ClientRecord::decode(bytes).filter(|r| r.id == id).unwrap_or(ClientRecord { id, ..Default::default() });
+            let mut r = match ClientRecord::decode(bytes) {
+                Some(r) if r.id == id => r,
+                // Another client's ban holds its slot: a newcomer never lifts it by striking.
+                Some(r) if r.banned_until > now_secs => return (None, None),
+                _ => ClientRecord { id, ..Default::default() },
+            };
             if now_secs >= r.window_start.saturating_add(self.find_time.as_secs()) {
                 r.window_start = now_secs;
                 r.strikes = 0;
@@ -188,6 +192,23 @@ mod tests {
         assert_eq!(c.banned_for(&r, 121), Some(599));
         assert_eq!(c.banned_for(&r, 720), None);
         assert_eq!(c.banned_for(&c.client(&store, 43), 121), None, "other clients are not banned");
+    }
+
+    #[test]
+    fn a_colliding_newcomer_never_lifts_a_ban() {
+        let store = MemoryStore::default();
+        let mut c = config();
+        c.slots = 1;
+        c.create(&store);
+        for t in 0..3 {
+            c.strike(&store, 42, 100 + t).unwrap();
+        }
+        assert!(c.banned_for(&c.client(&store, 42), 103).is_some());
+        assert_eq!(c.strike(&store, 43, 104).unwrap(), None);
+        assert!(c.banned_for(&c.client(&store, 42), 105).is_some(), "still banned");
+        assert_eq!(c.client(&store, 43).strikes, 0, "the newcomer's strike could not be kept");
+        c.strike(&store, 43, 800).unwrap();
+        assert_eq!(c.client(&store, 43).strikes, 1, "once the ban is over the slot is free");
     }
 
     #[test]
