@@ -121,6 +121,8 @@ pub struct Stack {
     pub listener_port: u16,
     pub admin_port: u16,
     agent: ureq::Agent,
+    /// The agent (and open connection) of the last `get_fresh`.
+    fresh_agent: std::sync::Mutex<Option<ureq::Agent>>,
     // Dropped in reverse order of start: Envoy first.
     envoy: Option<Proc>,
     api: Proc,
@@ -334,6 +336,7 @@ impl Stack {
             listener_port: 0,
             admin_port: 0,
             agent,
+            fresh_agent: std::sync::Mutex::new(None),
             envoy: None,
             api,
             explorer,
@@ -481,9 +484,11 @@ impl Stack {
     }
 
     /// A request on a new connection each time, so that Envoy spreads them over its workers.
+    ///
+    /// The listener balances connections exactly (to the worker with the fewest open ones), so
+    /// the previous fresh connection is kept open until this one has been answered: consecutive
+    /// fresh requests then alternate between two workers instead of all going to the first.
     pub fn get_fresh(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut all: Vec<(&str, &str)> = headers.to_vec();
-        all.push(("connection", "close"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -491,11 +496,17 @@ impl Stack {
             .into();
         let mut builder =
             ureq::http::Request::builder().method("GET").uri(format!("http://127.0.0.1:{}{path}", self.listener_port));
-        for (k, v) in &all {
+        for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let mut response = agent.run(builder.body(()).expect("request")).expect("request through Envoy");
-        Reply::from_response(&mut response)
+        let mut response = agent
+            .run(builder.body(()).expect("request"))
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}\nenvoy log:\n{}", self.envoy_log()));
+        let reply = Reply::from_response(&mut response);
+        // Dropping the previous agent closes its connection.
+        let previous = self.fresh_agent.lock().expect("lock").replace(agent);
+        drop(previous);
+        reply
     }
 
     pub fn reset_explorer_stats(&self, explorer: usize) {
