@@ -97,7 +97,9 @@ mod tests {
         assert_eq!(memo.tip(&store, 500), Some((100, 0)), "copy still recent");
         assert_eq!(store.gets.get(), reads);
         assert_eq!(memo.tip(&store, 1_010), Some((101, 20)));
+        // This worker wrote a newer tip: its copy must not hide it for the rest of the second.
+        write_tip(&store, 102, 1_011).unwrap();
         memo.forget_tip();
-        assert_eq!(memo.tip(&store, 1_011), Some((101, 20)));
+        assert_eq!(memo.tip(&store, 1_011), Some((102, 1_011)));
     }
 }

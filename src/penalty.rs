@@ -155,5 +155,8 @@ mod tests {
         }
         assert_eq!(store.len(), 8);
         assert_eq!(c.client(&store, 1).strikes, 0, "replaced by a later client in its slot");
+        // 993 was the last to strike in client 1's slot (993 % 8 == 1): its strike is what is kept.
+        let last = c.client(&store, 993);
+        assert_eq!((last.id, last.strikes, last.last_strike), (993, 1, 1));
     }
 }
