@@ -1,0 +1,84 @@
+//! Native tests of the gate through the crate's public API, with a shared store written here
+//! (the crate's in-memory store is test-only inside the crate). For behaviour whose unit tests
+//! live in modules this file must not touch.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use txgate::config::Config;
+use txgate::esplora::ExplorerError;
+use txgate::gate::{Gate, LookupResult, RequestFacts, Verdict};
+use txgate::rejection::Rejection;
+use txgate::store::{SharedStore, StoreError};
+
+const PAY_TO: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+const TXID: &str = "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b";
+const NOW_MS: u64 = 1_700_000_000_000;
+
+/// Shared data with the host's semantics: versions start at 1, a set needs the current version
+/// (0 = unconditional).
+#[derive(Default)]
+struct Store(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+
+impl SharedStore for Store {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.borrow().get(key).cloned()
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut map = self.0.borrow_mut();
+        let version = map.get(key).map_or(0, |(_, v)| *v);
+        if map.contains_key(key) && cas != 0 && cas != version {
+            return Err(StoreError::CasMismatch);
+        }
+        map.insert(key.to_string(), (value.to_vec(), version + 1));
+        Ok(())
+    }
+}
+
+fn gate(extra: Value) -> (Gate, Store) {
+    let mut config = json!({
+        "network": "regtest", "pay_to": [PAY_TO], "price_sats": 1000,
+        "explorers": [{"cluster": "e", "authority": "e"}],
+        "routes": [{"prefix": "/free", "free": true}]
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let gate = Gate::new(Config::from_json(config.to_string().as_bytes()).unwrap());
+    let store = Store::default();
+    gate.create_slots(&store);
+    (gate, store)
+}
+
+fn admit(gate: &Gate, store: &Store, txids: &[&str]) -> Verdict {
+    let facts = RequestFacts { path: "/api", headers: &[], principal: None, source_address: None, now_ms: NOW_MS };
+    let values: Vec<&[u8]> = txids.iter().map(|t| t.as_bytes()).collect();
+    gate.admit(store, &facts, &values).0
+}
+
+fn rejection(v: &Verdict) -> &Rejection {
+    match v {
+        Verdict::Reject { rejection, .. } => rejection,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn failure_mode_open_still_refuses_requests_without_a_valid_txid() {
+    for mode in ["closed", "open"] {
+        let (gate, store) = gate(json!({"failure_mode": mode}));
+        assert_eq!(rejection(&admit(&gate, &store, &[])), &Rejection::PaymentRequired, "{mode}");
+        assert_eq!(rejection(&admit(&gate, &store, &["abc"])), &Rejection::InvalidTxid, "{mode}");
+        assert_eq!(rejection(&admit(&gate, &store, &[TXID, TXID])), &Rejection::InvalidTxid, "{mode}");
+    }
+    // Only a failed lookup of a well-formed txid is let through, and only in open mode.
+    let (open, store) = gate(json!({"failure_mode": "open"}));
+    let Verdict::Lookup(ticket) = admit(&open, &store, &[TXID]) else { panic!("expected a lookup") };
+    let failed = LookupResult { tx: Err(ExplorerError::NoResponse), tip: None };
+    let slot = open.remember(&store, &ticket.txid, &failed, NOW_MS);
+    assert_eq!(slot, None, "a failed lookup is not cached");
+    assert_eq!(open.resolve(&store, ticket, &failed, slot, NOW_MS).0, Verdict::AllowUnverified);
+    assert!(matches!(admit(&open, &store, &[TXID]), Verdict::Lookup(_)), "asked again next time");
+}
