@@ -272,6 +272,10 @@ fn metrics_are_visible_in_envoy_stats() {
     assert_eq!(reply.status, 402, "{}", reply.body);
     assert_eq!(stack.stat("txgate_rejected_payment_required"), 1);
     assert_eq!(stack.stat("txgate_requests_allowed"), 0);
+    // A request the filter lets through moves its own counter (and no other).
+    assert_eq!(stack.get("/free/x", &[]).status, 200);
+    assert_eq!(stack.stat("txgate_requests_free"), 1);
+    assert_eq!(stack.stat("txgate_rejected_payment_required"), 1);
     let stats = stack.stats_text();
     for name in [
         "txgate_requests_allowed",
