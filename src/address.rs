@@ -181,4 +181,23 @@ mod tests {
         assert_eq!(Network::parse("bitcoin"), Some(Network::Mainnet));
         assert_eq!(Network::parse("Mainnet"), None);
     }
+
+    #[test]
+    fn base58_payloads_of_the_wrong_length_are_malformed() {
+        for len in [19, 21] {
+            let mut payload = vec![0x00];
+            payload.extend(std::iter::repeat_n(7u8, len));
+            let address = bs58::encode(payload).with_check().into_string();
+            assert_eq!(normalise_address(&address, Network::Mainnet), Err(AddressError::Malformed), "{len}");
+        }
+    }
+
+    #[test]
+    fn errors_explain_themselves() {
+        let err = normalise_address(MAIN_P2WPKH, Network::Regtest).unwrap_err();
+        assert_eq!(err.to_string(), "segwit address has prefix \"bc\" but the network expects \"bcrt\"");
+        let err = normalise_address(MAIN_P2PKH, Network::Regtest).unwrap_err();
+        assert_eq!(err.to_string(), "base58 address has version byte 0x00, which is not P2PKH or P2SH on this network");
+        assert!(AddressError::Malformed.to_string().starts_with("not a valid address"));
+    }
 }

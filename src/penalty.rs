@@ -159,4 +159,17 @@ mod tests {
         let last = c.client(&store, 993);
         assert_eq!((last.id, last.strikes, last.last_strike), (993, 1, 1));
     }
+
+    #[test]
+    fn client_records_are_41_bytes_and_round_trip() {
+        let r = ClientRecord { id: 1, strikes: 2, window_start: 3, banned_until: 4, last_strike: u64::MAX };
+        assert_eq!(CLIENT_RECORD_LEN, 41, "the size the README documents");
+        assert_eq!(r.encode().len(), CLIENT_RECORD_LEN);
+        assert_eq!(ClientRecord::decode(&r.encode()), Some(r));
+        // A client never seen gets a fresh record of its own.
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        assert_eq!(c.client(&store, 77), ClientRecord { id: 77, ..ClientRecord::default() });
+    }
 }
