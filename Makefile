@@ -202,7 +202,7 @@ bench-smoke: tools wasm devnet bench-reference .tools/wrk.stamp
 #
 # make mutants: cargo-mutants over the pure core (src/*.rs, not src/filter/ nor the regression
 # module), each mutant built natively and run against the lib tests, the property tests and
-# tests/gate_api.rs. Run it in parts with MUTANTS_FILES, e.g.
+# tests/core_api.rs. Run it in parts with MUTANTS_FILES, e.g.
 #   make mutants MUTANTS_FILES="src/grant.rs src/penalty.rs"
 # Output in target/mutants/mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
 CARGO_MUTANTS_VERSION := 27.1.0
@@ -211,7 +211,7 @@ MUTANTS_FILES ?= $(filter-out src/regressions.rs src/lib.rs,$(wildcard src/*.rs)
 MUTANTS_JOBS ?= 2
 MUTANTS_TIMEOUT ?= 60
 MUTANTS_OUT := target/mutants
-MUTANTS_TESTS := --lib --test properties --test gate_api
+MUTANTS_TESTS := --lib --test properties --test core_api
 
 .PHONY: mutants e2e-mutants e2e-mutants-check
 
