@@ -152,11 +152,15 @@ mod tests {
         assert_eq!(normalise_address(MAIN_P2TR, Network::Mainnet).unwrap(), MAIN_P2TR);
         assert_eq!(normalise_address(MAIN_P2PKH, Network::Mainnet).unwrap(), MAIN_P2PKH);
         assert_eq!(normalise_address(MAIN_P2SH, Network::Mainnet).unwrap(), MAIN_P2SH);
-        assert!(normalise_address(TEST_P2WSH, Network::Testnet).is_ok());
-        assert!(normalise_address(TEST_P2WSH, Network::Signet).is_ok());
-        assert!(normalise_address(TEST_P2PKH, Network::Testnet).is_ok());
-        assert!(normalise_address(TEST_P2PKH, Network::Regtest).is_ok());
-        assert!(normalise_address(REGTEST_P2WPKH, Network::Regtest).is_ok());
+        // The normalised string is compared with what the explorer prints: the exact value matters.
+        assert_eq!(normalise_address(TEST_P2WSH, Network::Testnet).unwrap(), TEST_P2WSH);
+        assert_eq!(normalise_address(TEST_P2WSH, Network::Testnet4).unwrap(), TEST_P2WSH);
+        assert_eq!(normalise_address(TEST_P2WSH, Network::Signet).unwrap(), TEST_P2WSH);
+        assert_eq!(normalise_address(TEST_P2PKH, Network::Testnet).unwrap(), TEST_P2PKH);
+        assert_eq!(normalise_address(TEST_P2PKH, Network::Regtest).unwrap(), TEST_P2PKH);
+        assert_eq!(normalise_address(REGTEST_P2WPKH, Network::Regtest).unwrap(), REGTEST_P2WPKH);
+        let upper = REGTEST_P2WPKH.to_ascii_uppercase();
+        assert_eq!(normalise_address(&upper, Network::Regtest).unwrap(), REGTEST_P2WPKH);
     }
 
     #[test]
@@ -233,5 +237,24 @@ mod tests {
         assert!(script_pubkey(MAIN_P2WPKH, Network::Regtest).is_err());
         assert!(script_pubkey(MAIN_P2PKH, Network::Testnet).is_err());
         assert!(script_pubkey("not an address", Network::Mainnet).is_err());
+    }
+
+    #[test]
+    fn base58_payloads_of_the_wrong_length_are_malformed() {
+        for len in [19, 21] {
+            let mut payload = vec![0x00];
+            payload.extend(std::iter::repeat_n(7u8, len));
+            let address = bs58::encode(payload).with_check().into_string();
+            assert_eq!(normalise_address(&address, Network::Mainnet), Err(AddressError::Malformed), "{len}");
+        }
+    }
+
+    #[test]
+    fn errors_explain_themselves() {
+        let err = normalise_address(MAIN_P2WPKH, Network::Regtest).unwrap_err();
+        assert_eq!(err.to_string(), "segwit address has prefix \"bc\" but the network expects \"bcrt\"");
+        let err = normalise_address(MAIN_P2PKH, Network::Regtest).unwrap_err();
+        assert_eq!(err.to_string(), "base58 address has version byte 0x00, which is not P2PKH or P2SH on this network");
+        assert!(AddressError::Malformed.to_string().starts_with("not a valid address"));
     }
 }

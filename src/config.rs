@@ -858,6 +858,24 @@ mod tests {
                 "discounts[0].jwt_claim.claim",
             ),
             (with("routes", json!([{"prefix": "/a", "price_sats": 0}])), "routes[0].price_sats"),
+            (with("deadline", json!("1s")), "deadline"),
+            (with("grant", json!({"requests": 0})), "grant.requests"),
+            (
+                with("discounts", json!([{"name": "d", "percent": 0, "header": {"name": "x-d"}}])),
+                "discounts[0].percent",
+            ),
+            (
+                with("discounts", json!([{"name": "d", "percent": 100, "header": {"name": "x-d"}}])),
+                "discounts[0].percent",
+            ),
+            (
+                with("discounts", json!([{"name": "d", "percent": 5, "no_strikes_for": "1h"}])),
+                "discounts[0].no_strikes_for",
+            ),
+            (with("circuit_breaker", json!({"failures": 0})), "circuit_breaker.failures"),
+            (with("max_inflight", json!(0)), "max_inflight"),
+            (with("cache", json!({"max_entries": 0})), "cache.max_entries"),
+            (with("cache", json!({"max_entries": 1_000_001})), "cache.max_entries"),
         ];
         for (value, field) in cases {
             let err = refusal(&value);

@@ -124,6 +124,17 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_named_as_configured_and_described_for_clients() {
+        let key = IdentitySource::Header("x-api-key".into());
+        assert_eq!(IdentitySource::parse(&key.name()), Some(key.clone()), "name() is the config spelling");
+        assert_eq!(key.name(), "header:x-api-key");
+        assert_eq!(IdentitySource::MtlsPrincipal.name(), "mtls_principal");
+        assert_eq!(IdentitySource::SourceAddress.name(), "source_address");
+        assert_eq!(key.describe(), "header x-api-key");
+        assert_eq!(IdentitySource::SourceAddress.describe(), "a source address");
+    }
+
+    #[test]
     fn ipv6_clients_are_grouped_by_their_64() {
         assert_eq!(client_address("[2001:db8:1:2:aaaa::1]:443"), "2001:db8:1:2::/64");
         assert_eq!(client_address("[2001:db8:1:2:ffff::9]:1"), "2001:db8:1:2::/64");

@@ -118,4 +118,16 @@ mod tests {
         assert_eq!(memo.tip(&tips, &store, 0, 1_012), Some((102, 1_011)), "forgotten copies are read again");
         assert_eq!(memo.tip(&tips, &store, 1, 1_012), None, "each explorer has its own tip");
     }
+
+    #[test]
+    fn keeps_payments_up_to_its_capacity_then_starts_again() {
+        let memo = LocalMemo::new(2);
+        memo.keep_payment(1, &confirmed(1));
+        memo.keep_payment(2, &confirmed(2));
+        assert_eq!(memo.payment(&[1; 32]), Some((1, confirmed(1))), "room for two");
+        assert_eq!(memo.payment(&[2; 32]), Some((2, confirmed(2))));
+        memo.keep_payment(3, &confirmed(3));
+        assert_eq!(memo.payment(&[3; 32]), Some((3, confirmed(3))));
+        assert_eq!(memo.payment(&[1; 32]), None, "full: forgot everything");
+    }
 }

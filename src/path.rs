@@ -255,6 +255,13 @@ mod tests {
     }
 
     #[test]
+    fn refusals_say_why_in_the_log() {
+        assert_eq!(canon("/a%2Fb").unwrap_err().to_string(), "has an encoded '/' or '\\'");
+        assert_eq!(canon("/../a").unwrap_err().to_string(), "goes above the root with '..'");
+        assert_eq!(canon("a").unwrap_err().to_string(), "does not start with '/'");
+    }
+
+    #[test]
     fn escapes_that_stay_are_upper_cased_and_raw_bytes_escaped() {
         assert_eq!(canon("/a%3a%3Ab").unwrap(), "/a%3A%3Ab");
         assert_eq!(canon("/%7euser").unwrap(), "/~user");

@@ -232,5 +232,22 @@ mod tests {
         }
         assert_eq!(store.len(), 8);
         assert_eq!(c.client(&store, 1).strikes, 0, "replaced by a later client in its slot");
+        // 993 was the last to strike in client 1's slot (993 % 8 == 1): its strike is what is kept.
+        let last = c.client(&store, 993);
+        assert_eq!((last.id, last.strikes, last.last_strike), (993, 1, 1));
+    }
+
+    #[test]
+    fn client_records_are_49_bytes_and_round_trip() {
+        let r =
+            ClientRecord { id: 1, strikes: 2, window_start: 3, banned_until: 4, last_strike: u64::MAX, first_seen: 5 };
+        assert_eq!(CLIENT_RECORD_LEN, 49, "the size the README documents");
+        assert_eq!(r.encode().len(), CLIENT_RECORD_LEN);
+        assert_eq!(ClientRecord::decode(&r.encode()), Some(r));
+        // A client never seen gets a fresh record of its own.
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        assert_eq!(c.client(&store, 77), ClientRecord { id: 77, ..ClientRecord::default() });
     }
 }

@@ -28,4 +28,8 @@ fn a_good_configuration_starts() {
     let plugin = plugin_config(1, &json!({"pay_to": [MERCHANT]}));
     let (refused, log) = envoy_refuses(&plugin);
     assert!(!refused, "{log}");
+    // Started with txgate configured, not merely started.
+    assert!(log.contains("txgate configured: scope txgate/"), "{log}");
+    assert!(log.contains("network regtest, 1 address(es), price 1000 sats"), "{log}");
+    assert!(!log.contains("configuration refused"), "{log}");
 }

@@ -132,9 +132,11 @@ fn multi_listener_envoy(stack: &Stack, listeners: &[Listener]) -> (Proc, u16, Ha
     let yaml = format!(
         "static_resources:\n  listeners:\n{blocks}  clusters:\n{api_cluster}{clusters}admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n"
     );
+    stack.shared_backend.store(true, std::sync::atomic::Ordering::Relaxed);
     let dir = stack.dir.path().join("multi");
     std::fs::create_dir_all(&dir).expect("dir");
-    let (envoy, admin, first) = start_envoy(&dir, &yaml, 2).unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+    let (envoy, admin, first) =
+        start_envoy(&dir, &yaml, 2).unwrap_or_else(|log| panic!("Envoy did not start:\n{log:?}"));
     let mut ports = HashMap::new();
     ports.insert(listeners[0].name, first);
     let text = admin_get(admin, "/listeners");
@@ -645,9 +647,10 @@ fn f15_forged_trailers_never_reach_the_api() {
     };
     let plugin = common::plugin_config(1, &json!({}));
     let yaml = trailers_on(envoy_yaml(&plugin, stack.api_port, &stack.explorer_ports, &wasm_path()));
+    stack.shared_backend.store(true, std::sync::atomic::Ordering::Relaxed);
     let dir = stack.dir.path().join("trailers");
     std::fs::create_dir_all(&dir).unwrap();
-    let (_envoy, _admin, port) = start_envoy(&dir, &yaml, 1).unwrap_or_else(|log| panic!("{log}"));
+    let (_envoy, _admin, port) = start_envoy(&dir, &yaml, 1).unwrap_or_else(|log| panic!("{log:?}"));
     let txid = stack.paid_and_mined(1000);
     for (path, txid) in [("/free/t", None), ("/api/t", Some(txid.as_str()))] {
         let mut req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
@@ -729,9 +732,10 @@ fn f10_a_jwt_claim_discount_needs_a_token_envoy_verified() {
         &jwt_filter,
         1,
     );
+    stack.shared_backend.store(true, std::sync::atomic::Ordering::Relaxed);
     let dir = stack.dir.path().join("jwt");
     std::fs::create_dir_all(&dir).unwrap();
-    let (_envoy, _admin, port) = start_envoy(&dir, &yaml, 1).unwrap_or_else(|log| panic!("{log}"));
+    let (_envoy, _admin, port) = start_envoy(&dir, &yaml, 1).unwrap_or_else(|log| panic!("{log:?}"));
     let gold = jwt(&json!({"iss": "txgate-test", "tier": "gold"}), key);
     let silver = jwt(&json!({"iss": "txgate-test", "tier": "silver"}), key);
     let forged = jwt(&json!({"iss": "txgate-test", "tier": "gold"}), b"not-the-key-not-the-key-not-the-");

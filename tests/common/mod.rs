@@ -46,6 +46,23 @@ impl Drop for Proc {
     }
 }
 
+impl Proc {
+    /// Asks the process to stop (SIGTERM, so Envoy flushes its log) and waits up to 10 s for it.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} ({}) failed", self.name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop within 10s of SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn wait_for_file(path: &Path, child: &mut Child, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -97,11 +114,18 @@ impl Default for StackOptions {
 
 pub struct Stack {
     pub dir: tempfile::TempDir,
+    /// Another Envoy started by the test sends requests to this stack's demo API too, so the
+    /// final check cannot compare what reached it with this Envoy's counters.
+    pub shared_backend: std::sync::atomic::AtomicBool,
+    /// The mTLS folder, when the listener requires client certificates.
+    mtls_dir: Option<PathBuf>,
     pub explorer_ports: Vec<u16>,
     pub api_port: u16,
     pub listener_port: u16,
     pub admin_port: u16,
     agent: ureq::Agent,
+    /// The agent (and open connection) of the last `get_fresh`.
+    fresh_agent: std::sync::Mutex<Option<ureq::Agent>>,
     // Dropped in reverse order of start: Envoy first.
     envoy: Option<Proc>,
     api: Proc,
@@ -146,6 +170,8 @@ pub fn envoy_yaml(plugin: &Value, api_port: u16, explorer_ports: &[u16], wasm: &
   listeners:
   - name: api
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    # Connections are spread evenly over the workers, so cross-worker tests do not depend on luck.
+    connection_balance_config: {{exact_balance: {{}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -307,25 +333,30 @@ impl Stack {
             .into();
         let mut stack = Stack {
             dir,
+            shared_backend: std::sync::atomic::AtomicBool::new(false),
+            mtls_dir: options.mtls_dir.clone(),
             explorer_ports,
             api_port: api_ports[0],
             listener_port: 0,
             admin_port: 0,
             agent,
+            fresh_agent: std::sync::Mutex::new(None),
             envoy: None,
             api,
             explorer,
         };
         let (envoy, admin_port, listener_port) = start_envoy(stack.dir.path(), &yaml, options.concurrency)
-            .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+            .unwrap_or_else(|e| panic!("Envoy did not start: {e:?}"));
         stack.envoy = Some(envoy);
         stack.admin_port = admin_port;
         stack.listener_port = listener_port;
         stack
     }
 
+    /// Envoy's log so far (it is flushed every 100 ms: use `envoy_logged` to wait for a line).
     pub fn envoy_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        let path = self.dir.path().join("envoy.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
     }
 
     /// Waits (up to 5 s: Envoy flushes its log file periodically) for a line containing `text`.
@@ -367,9 +398,17 @@ impl Stack {
         }
         cmd.arg(format!("https://127.0.0.1:{}{path}", self.listener_port));
         let out = cmd.output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {path} as {client} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        Reply { status: status.trim().parse().unwrap_or(0), headers: Vec::new(), body: body.to_string() }
+        let (body, status) = text.rsplit_once('\n').unwrap_or_else(|| panic!("no status from curl: {text:?}"));
+        let status = status.trim().parse().unwrap_or_else(|e| panic!("curl status {status:?}: {e}"));
+        assert_ne!(status, 0, "curl {path} as {client} got no HTTP answer");
+        Reply { status, headers: Vec::new(), body: body.to_string() }
     }
 
     /// A request through Envoy (and so through txgate).
@@ -449,9 +488,11 @@ impl Stack {
     }
 
     /// A request on a new connection each time, so that Envoy spreads them over its workers.
+    ///
+    /// The listener balances connections exactly (to the worker with the fewest open ones), so
+    /// the previous fresh connection is kept open until this one has been answered: consecutive
+    /// fresh requests then alternate between two workers instead of all going to the first.
     pub fn get_fresh(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut all: Vec<(&str, &str)> = headers.to_vec();
-        all.push(("connection", "close"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -459,11 +500,17 @@ impl Stack {
             .into();
         let mut builder =
             ureq::http::Request::builder().method("GET").uri(format!("http://127.0.0.1:{}{path}", self.listener_port));
-        for (k, v) in &all {
+        for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let mut response = agent.run(builder.body(()).expect("request")).expect("request through Envoy");
-        Reply::from_response(&mut response)
+        let mut response = agent
+            .run(builder.body(()).expect("request"))
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}\nenvoy log:\n{}", self.envoy_log()));
+        let reply = Reply::from_response(&mut response);
+        // Dropping the previous agent closes its connection.
+        let previous = self.fresh_agent.lock().expect("lock").replace(agent);
+        drop(previous);
+        reply
     }
 
     pub fn reset_explorer_stats(&self, explorer: usize) {
@@ -478,21 +525,25 @@ impl Stack {
     /// Requests that reached the backend, as the demo API recorded them.
     pub fn backend_seen(&self) -> Vec<Value> {
         let reply = self.call("GET", &format!("http://127.0.0.1:{}/__seen", self.api_port), &[], None);
-        reply.json()["requests"].as_array().cloned().unwrap_or_default()
+        assert_eq!(reply.status, 200, "demo API /__seen: {}", reply.body);
+        let body = reply.json();
+        let requests = body["requests"].as_array().unwrap_or_else(|| panic!("no requests list in {body}")).clone();
+        assert_eq!(body["count"].as_u64(), Some(requests.len() as u64), "{body}");
+        requests
     }
 
-    /// Envoy's counters by name (`/stats`), e.g. `txgate_requests_allowed`.
+    /// Envoy's counters by name (`/stats`), e.g. `txgate_requests_allowed`. Panics if Envoy has
+    /// no such counter, so a typo or a renamed counter cannot pass as 0.
     pub fn stat(&self, name: &str) -> u64 {
         // Envoy lists plugin counters as `wasmcustom.<name>` in /stats.
         let reply = self.call("GET", &format!("http://127.0.0.1:{}/stats?filter={name}$", self.admin_port), &[], None);
-        reply
-            .body
-            .lines()
-            .find_map(|l| {
-                let (key, value) = l.split_once(": ")?;
-                (key == name || key == format!("wasmcustom.{name}")).then(|| value.trim().parse().ok())?
-            })
-            .unwrap_or(0)
+        assert_eq!(reply.status, 200, "/stats: {}", reply.body);
+        let found = reply.body.lines().find_map(|l| {
+            let (key, value) = l.split_once(": ")?;
+            (key == name || key == format!("wasmcustom.{name}")).then(|| value.trim().to_string())
+        });
+        let value = found.unwrap_or_else(|| panic!("Envoy has no counter {name:?}:\n{}", reply.body));
+        value.parse().unwrap_or_else(|e| panic!("counter {name} = {value:?}: {e}"))
     }
 
     /// Downstream connections each Envoy worker accepted on the API listener.
@@ -510,6 +561,7 @@ impl Stack {
     }
 
     /// Sends raw bytes (for header values no HTTP client will send) and returns the status code.
+    /// Panics when no HTTP status line comes back (a reset or a timeout is not a status).
     pub fn raw_status(&self, request: &[u8]) -> u16 {
         let mut stream = TcpStream::connect(("127.0.0.1", self.listener_port)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -518,17 +570,95 @@ impl Stack {
         let mut buf = [0u8; 4096];
         while !response.windows(4).any(|w| w == b"\r\n\r\n") {
             match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => response.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading the answer failed: {e} (got {:?})", String::from_utf8_lossy(&response)),
             }
         }
         let text = String::from_utf8_lossy(&response);
-        text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        let status = text.strip_prefix("HTTP/1.1 ").and_then(|rest| rest.get(..3)).and_then(|s| s.parse().ok());
+        status.unwrap_or_else(|| panic!("no HTTP status line in {text:?}"))
+    }
+
+    /// The filter's own counters: requests it let through.
+    pub fn forwarded_count(&self) -> u64 {
+        self.stat("txgate_requests_allowed")
+            + self.stat("txgate_requests_free")
+            + self.stat("txgate_requests_failed_open")
+    }
+
+    /// Checks run at the end of every test (from `Drop`): every request that reached the backend
+    /// was let through by the filter and counted; the VM still answers with the filter's own JSON;
+    /// Envoy stops cleanly and its whole log has no panic or critical line.
+    fn final_check(&mut self) {
+        if !self.shared_backend.load(std::sync::atomic::Ordering::Relaxed) {
+            let seen = self.backend_seen().len() as u64;
+            let forwarded = self.forwarded_count();
+            assert_eq!(seen, forwarded, "backend requests vs allowed + free + failed_open counters");
+        }
+        let probe = self.probe();
+        assert!(
+            [401, 402, 429].contains(&probe.status),
+            "final probe: the filter did not answer (VM dead?): {} {}",
+            probe.status,
+            probe.body
+        );
+        let code = probe.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            ["payment_required", "client_banned", "identity_required"].contains(&code.as_str()),
+            "final probe: {}",
+            probe.body
+        );
+        let envoy = self.envoy.as_mut().expect("envoy");
+        let status = envoy.terminate();
+        let log = self.envoy_log();
+        assert!(status.success(), "Envoy exited with {status} on SIGTERM:\n{log}");
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("panicked") || l.contains("[critical]") || l.contains("wasm trap"))
+            .collect();
+        assert!(bad.is_empty(), "Envoy log has panic/critical lines:\n{}", bad.join("\n"));
+        assert!(log.contains("txgate configured:"), "the filter never logged its configuration:\n{log}");
+    }
+
+    /// A request without a txid on a paid path: only a live filter answers it with its JSON.
+    fn probe(&self) -> Reply {
+        match &self.mtls_dir {
+            None => self.get("/__txgate_probe", &[]),
+            Some(dir) => {
+                let client = std::fs::read_dir(dir)
+                    .expect("mtls dir")
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok()?.strip_suffix(".pem").map(String::from))
+                    .find(|name| name != "ca" && name != "server")
+                    .expect("a client certificate for the probe");
+                self.get_mtls(dir, &client, "/__txgate_probe", &[])
+            }
+        }
     }
 }
 
-/// Starts Envoy and waits until it is live; on failure returns its log.
-pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, u16, u16), String> {
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // A test that already failed keeps its own message (a second panic would abort).
+        if !std::thread::panicking() && self.envoy.is_some() {
+            self.final_check();
+        }
+    }
+}
+
+/// Why Envoy did not come up.
+#[derive(Debug)]
+pub enum EnvoyStartError {
+    /// The binary could not be run at all.
+    Spawn(String),
+    /// Envoy ran and exited (e.g. it refused the configuration): its log.
+    Exited(String),
+    /// Still running but not ready in time: its log.
+    NotReady(String),
+}
+
+/// Starts Envoy and waits until it is live.
+pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, u16, u16), EnvoyStartError> {
     let config = dir.join("envoy.yaml");
     std::fs::write(&config, yaml).expect("write envoy.yaml");
     let admin_file = dir.join("admin.address");
@@ -546,12 +676,17 @@ pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e} (run `make test`, which installs it)", envoy_bin().display()))?;
+        .map_err(|e| {
+            EnvoyStartError::Spawn(format!(
+                "cannot start {}: {e} (run `make test`, which installs it)",
+                envoy_bin().display()
+            ))
+        })?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("Envoy exited with {status}\n{}", read_log()));
+            return Err(EnvoyStartError::Exited(format!("Envoy exited with {status}\n{}", read_log())));
         }
         if let Ok(addr) = std::fs::read_to_string(&admin_file) {
             if let Some(port) = addr.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
@@ -569,7 +704,8 @@ pub fn start_envoy(dir: &Path, yaml: &str, concurrency: usize) -> Result<(Proc, 
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return Err(format!("Envoy not ready within 60s\n{}", read_log()));
+            let _ = child.wait();
+            return Err(EnvoyStartError::NotReady(format!("Envoy not ready within 60s\n{}", read_log())));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -584,12 +720,20 @@ fn http_get_plain(port: u16, path: &str) -> Option<String> {
     agent.get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?.body_mut().read_to_string().ok()
 }
 
-/// Envoy for a config that should be refused: runs it and returns (exited?, log).
+/// Envoy for a config that should be refused: runs it and returns (exited?, log). Panics when
+/// Envoy could not be run at all or hung, which is neither "refused" nor "started".
 pub fn envoy_refuses(plugin: &Value) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = envoy_yaml(plugin, unused_port(), &[unused_port()], &wasm_path());
     match start_envoy(dir.path(), &yaml, 1) {
-        Ok((_proc, _, _)) => (false, std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default()),
-        Err(log) => (true, log),
+        Ok((mut envoy, _, _)) => {
+            // Stopped cleanly, so the whole log is on disk.
+            let status = envoy.terminate();
+            let log = std::fs::read_to_string(dir.path().join("envoy.log")).expect("envoy.log");
+            assert!(status.success(), "Envoy exited with {status} on SIGTERM:\n{log}");
+            (false, log)
+        }
+        Err(EnvoyStartError::Exited(log)) => (true, log),
+        Err(other) => panic!("Envoy neither started nor refused the configuration: {other:?}"),
     }
 }
