@@ -244,6 +244,8 @@ mod tests {
         }
         assert_eq!(canon("/free\\..\\api\\hello"), Err(PathError::Backslash));
         assert_eq!(canon("/free%00/../api"), Err(PathError::ControlByte));
+        assert_eq!(canon("/free\u{1}/a"), Err(PathError::ControlByte), "raw, not only escaped");
+        assert_eq!(canon("/free\u{7f}"), Err(PathError::ControlByte));
         assert_eq!(canon("/free/..;/api/hello"), Err(PathError::HiddenDotSegment));
         assert_eq!(canon("/free/.;x/api"), Err(PathError::HiddenDotSegment));
         assert_eq!(canon("/free/%2e%2e%3bx/api"), Err(PathError::HiddenDotSegment));
