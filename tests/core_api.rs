@@ -11,7 +11,7 @@ use txgate::duration::{parse_duration, DurationError};
 use txgate::esplora::{parse_tip_height, ExplorerError, MAX_BODY_BYTES};
 use txgate::gate::{Gate, LookupResult, RequestFacts, Stored, Verdict};
 use txgate::rejection::Rejection;
-use txgate::store::{SharedStore, StoreError};
+use txgate::store::{SharedStore, StoreError, UpdateError};
 
 const PAY_TO: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
 const TXID: &str = "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b";
@@ -121,6 +121,8 @@ fn errors_explain_themselves() {
     assert_eq!(ExplorerError::WrongTxid("ab".to_string()).to_string(), "answer is about another transaction (ab)");
     assert!(ExplorerError::Status(502).to_string().contains("502"));
     assert!(ExplorerError::TooLarge(9).to_string().contains('9'));
+    assert_eq!(UpdateError::Missing.to_string(), "shared-data key missing");
+    assert_eq!(UpdateError::Contended.to_string(), "shared-data key still contended after retries");
     assert_eq!(parse_duration("5"), Err(DurationError::MissingUnit));
     assert_eq!(
         DurationError::MissingUnit.to_string(),
