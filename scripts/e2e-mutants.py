@@ -31,7 +31,7 @@ WORK = REPO / "target" / "e2e-mutants"
 TREE = WORK / "tree"
 TARGET = WORK / "target"
 WASM = TARGET / "wasm32-wasip1" / "release" / "txgate.wasm"
-ENVOY_TESTS = ["payment_gate", "payment_cache", "failover", "mtls", "bad_config"]
+ENVOY_TESTS = ["payment_gate", "payment_cache", "failover", "mtls", "bad_config", "security", "per_client_address"]
 TEST_TIMEOUT = 600
 
 # (name, file, original snippet, replacement, what it breaks). `glue` ones are the point of this
