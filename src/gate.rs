@@ -464,7 +464,10 @@ impl Gate {
             Ok(TxLookup::Found(facts)) => match facts.block {
                 Some(block) => (PaymentState::Confirmed { paid_sats: facts.paid_sats, block }, 0),
                 None => {
-                    let seen_at_tip = result.tip.or_else(|| self.fresh_tip(store, explorer, now_ms)).unwrap_or(0);
+                    // The newest tip this explorer told, fresh or not: a mempool answer is asked
+                    // again once a newer block is seen, and 0 would make that the next request.
+                    let last_told = || self.tips.read(store, explorer as u64).map(|(h, _)| h);
+                    let seen_at_tip = result.tip.or_else(last_told).unwrap_or(0);
                     let state = PaymentState::Unconfirmed { paid_sats: facts.paid_sats, seen_at_tip };
                     (state, ttl(self.config.cache.unconfirmed_ttl))
                 }
@@ -487,11 +490,6 @@ impl Gate {
             Err(PutError::Full) => Stored::Full,
             Err(PutError::Store(_)) => Stored::Elsewhere,
         }
-    }
-
-    /// `explorer`'s shared tip if it was read within `tip_ttl`.
-    fn fresh_tip(&self, store: &dyn SharedStore, explorer: usize, now_ms: u64) -> Option<u64> {
-        self.tips.read(store, explorer as u64).filter(|(_, at)| self.tip_read_recently(*at, now_ms)).map(|(h, _)| h)
     }
 
     /// The answer for one waiting request once its lookup is done (after `remember`).
@@ -816,6 +814,19 @@ mod tests {
         // most a second later) the payment is asked about again, without waiting for unconfirmed_ttl.
         gate.record_tip(&store, 0, 111, NOW_MS);
         assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 1_000)), "lookup");
+    }
+
+    #[test]
+    fn a_mempool_answer_that_came_before_the_tip_is_kept_until_a_newer_block() {
+        let (gate, store) = gate(json!({"cache": {"unconfirmed_ttl": "30s", "tip_ttl": "5s"}}));
+        gate.record_tip(&store, 0, 110, NOW_MS - 60_000);
+        // The transaction's answer arrived before this lookup's tip read: no tip in the result.
+        let mempool = LookupResult { tip: None, ..found(1000, None) };
+        assert_eq!(code(&verify(&gate, &store, &[], &mempool).0), "insufficient_confirmations");
+        gate.record_tip(&store, 0, 110, NOW_MS);
+        assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 1_000)), "insufficient_confirmations", "from the cache");
+        gate.record_tip(&store, 0, 111, NOW_MS + 1_000);
+        assert_eq!(code(&admit_at(&gate, &store, NOW_MS + 2_100)), "lookup", "a newer block: asked again");
     }
 
     #[test]
