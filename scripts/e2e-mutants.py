@@ -20,6 +20,7 @@ Exit status: 0 if every mutant was caught, 1 if one survived or is stale, 2 if t
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,11 +172,13 @@ def log(msg):
 
 
 def copy_tree():
-    """The crate's sources and the workspace manifests, fresh from the working tree."""
+    """The crate's sources and every workspace member, fresh from the working tree."""
     TREE.mkdir(parents=True, exist_ok=True)
     for name in ["Cargo.toml", "Cargo.lock"]:
         shutil.copy2(REPO / name, TREE / name)
-    for name in ["src", "devnet", "tests", "bench"]:
+    members = re.search(r'members\s*=\s*\[([^\]]*)\]', (REPO / "Cargo.toml").read_text())
+    crates = re.findall(r'"([^"]+)"', members.group(1)) if members else []
+    for name in ["src", "tests", "bench", *crates]:
         if (TREE / name).exists():
             shutil.rmtree(TREE / name)
         if (REPO / name).exists():
