@@ -21,8 +21,8 @@ use crate::esplora::{BlockPlace, TxFacts};
 use crate::record::{put_u64, Reader};
 use crate::store::{update, SharedStore, UpdateError};
 
-pub const RECORD_LEN: usize = 1 + 1 + 32 + 9 * 8;
-const VERSION: u8 = 2;
+pub const RECORD_LEN: usize = 1 + 1 + 32 + 10 * 8;
+const VERSION: u8 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentState {
@@ -49,11 +49,24 @@ pub struct PaymentRecord {
     pub stored_ms: u64,
     /// Index of the explorer that answered: its own tip counts the confirmations.
     pub explorer: u64,
+    /// `verify: spv`: headers proven from the payment's block up (its confirmations when it was
+    /// verified); 0 when the explorer's word was taken.
+    pub proven_depth: u64,
 }
 
 impl PaymentRecord {
     pub fn new(txid: [u8; 32], state: PaymentState, expires_ms: u64, now_ms: u64) -> PaymentRecord {
-        PaymentRecord { txid, state, used: 0, first_used: 0, bound_to: 0, expires_ms, stored_ms: now_ms, explorer: 0 }
+        PaymentRecord {
+            txid,
+            state,
+            used: 0,
+            first_used: 0,
+            bound_to: 0,
+            expires_ms,
+            stored_ms: now_ms,
+            explorer: 0,
+            proven_depth: 0,
+        }
     }
 
     pub fn is_fresh(&self, now_ms: u64) -> bool {
@@ -94,6 +107,7 @@ impl PaymentRecord {
             self.expires_ms,
             self.stored_ms,
             self.explorer,
+            self.proven_depth,
         ] {
             put_u64(&mut out, v);
         }
@@ -127,6 +141,7 @@ impl PaymentRecord {
             expires_ms: r.u64()?,
             stored_ms: r.u64()?,
             explorer: r.u64()?,
+            proven_depth: r.u64()?,
         })
     }
 
@@ -270,6 +285,19 @@ impl PaymentTable {
         explorer: u64,
         now_ms: u64,
     ) -> Result<usize, PutError> {
+        self.put_proven(store, txid, state, expires_ms, (explorer, 0), now_ms)
+    }
+
+    /// `put`, recording also the depth proven by `verify: spv` (`answer` = explorer, depth).
+    pub fn put_proven(
+        &self,
+        store: &dyn SharedStore,
+        txid: &[u8; 32],
+        state: PaymentState,
+        expires_ms: u64,
+        (explorer, proven_depth): (u64, u64),
+        now_ms: u64,
+    ) -> Result<usize, PutError> {
         let longest_max_age_secs = self.keep_secs;
         self.refresh_secret(store);
         let slot = match self.find(store, txid) {
@@ -279,6 +307,7 @@ impl PaymentTable {
         let stored = update(store, &self.key(slot), |bytes| {
             let mut record = PaymentRecord::new(*txid, state, expires_ms, now_ms);
             record.explorer = explorer;
+            record.proven_depth = proven_depth;
             match PaymentRecord::decode(bytes) {
                 Some(old) if old.txid == *txid => {
                     record.used = old.used;

@@ -139,6 +139,9 @@ pub enum Stored {
     Elsewhere,
     /// A payment with no slot it could take: both hold payments that still count something.
     Full,
+    /// `verify: spv`: a payment cached as confirmed is now unconfirmed or unknown (its block
+    /// left the best chain); the record now says so.
+    Reorged,
 }
 
 /// Side effects the glue reports as metrics.
@@ -161,6 +164,8 @@ pub struct Gate {
     lowest_price: u64,
     /// Per-client addresses this worker derived, by path (derivation is two point operations).
     addresses: std::cell::RefCell<std::collections::HashMap<(u32, u32), String>>,
+    /// scriptPubKeys of `pay_to`, what a proven (`verify: spv`) answer's outputs are matched by.
+    pay_to_scripts: Vec<Vec<u8>>,
 }
 
 /// Derived addresses each worker keeps (about 100 bytes each).
@@ -190,6 +195,9 @@ impl Gate {
         };
         let memo = LocalMemo::new(slots.min(MEMO_CAPACITY));
         let lowest_price = config.lowest_price();
+        // The addresses were checked in `Config::from_json`, so each has a script.
+        let pay_to_scripts =
+            config.pay_to.iter().filter_map(|a| crate::address::script_pubkey(a, config.network).ok()).collect();
         Gate {
             config,
             scopes,
@@ -200,6 +208,7 @@ impl Gate {
             memo,
             lowest_price,
             addresses: std::cell::RefCell::new(std::collections::HashMap::new()),
+            pay_to_scripts,
         }
     }
 
@@ -271,6 +280,38 @@ impl Gate {
             Some(p) => std::borrow::Cow::Owned(vec![p.address.clone()]),
             None => std::borrow::Cow::Borrowed(&self.config.pay_to),
         }
+    }
+
+    /// The scriptPubKeys a payee's outputs are summed over under `verify: spv`.
+    fn payee_scripts<'a>(&'a self, payee: Option<&'a ClientAddress>) -> std::borrow::Cow<'a, [Vec<u8>]> {
+        match payee {
+            Some(p) => std::borrow::Cow::Owned(
+                crate::address::script_pubkey(&p.address, self.config.network).ok().into_iter().collect(),
+            ),
+            None => std::borrow::Cow::Borrowed(&self.pay_to_scripts),
+        }
+    }
+
+    fn judged_for(&self, answer: &TxAnswer, payee: Option<&ClientAddress>) -> TxLookup {
+        answer.for_payee(&self.payee_addresses(payee), &self.payee_scripts(payee))
+    }
+
+    /// Under `verify: spv` a confirmed record counts only the depth it was proven to: the "tip"
+    /// is the top of its proven headers, never an explorer's word. From the cache, a payment
+    /// short of a route's depth is answered 402 for `cache.tip_ttl` after it was verified, then
+    /// verified again (and a block that left the best chain is noticed then).
+    fn proven(&self, record: &PaymentRecord, known: Known, now_ms: u64) -> Known {
+        if self.config.spv().is_none() {
+            return known;
+        }
+        let tip_fresh = !known.from_cache || self.tip_read_recently(record.stored_ms, now_ms);
+        let tip = match record.state {
+            PaymentState::Confirmed { block, .. } if record.proven_depth > 0 => {
+                Some(block.height.saturating_add(record.proven_depth).saturating_sub(1))
+            }
+            _ => None,
+        };
+        Known { tip, tip_fresh, from_cache: known.from_cache }
     }
 
     /// First look at a request: free, refused, answered from the cache, or needs the explorer.
@@ -390,8 +431,13 @@ impl Gate {
         };
         match found {
             Some((in_payments, (slot, record))) if record.is_fresh(facts.now_ms) => {
-                let tip = self.memo.tip(&self.tips, store, record.explorer, facts.now_ms);
-                let tip_fresh = tip.is_some_and(|(_, at)| self.tip_read_recently(at, facts.now_ms));
+                let (tip, tip_fresh) = if self.config.spv().is_some() {
+                    // Proven records carry their own depth; explorers' tips are not read.
+                    (None, self.tip_read_recently(record.stored_ms, facts.now_ms))
+                } else {
+                    let tip = self.memo.tip(&self.tips, store, record.explorer, facts.now_ms);
+                    (tip, tip.is_some_and(|(_, at)| self.tip_read_recently(at, facts.now_ms)))
+                };
                 // A mempool answer holds only until a new block may have taken the payment.
                 if let PaymentState::Unconfirmed { seen_at_tip, .. } = record.state {
                     if !tip_fresh || tip.is_some_and(|(height, _)| height > seen_at_tip) {
@@ -399,6 +445,7 @@ impl Gate {
                     }
                 }
                 let known = Known { tip: tip.map(|(h, _)| h), tip_fresh, from_cache: true };
+                let known = self.proven(&record, known, facts.now_ms);
                 let slot = in_payments.then_some(slot);
                 self.judge(store, ticket, slot, &record, known, facts.now_ms)
             }
@@ -440,7 +487,8 @@ impl Gate {
             self.record_tip(store, explorer, height, now_ms);
         }
         let ttl = |d: std::time::Duration| now_ms.saturating_add(millis(d)).max(1);
-        let judged = result.tx.as_ref().map(|answer| answer.for_payee(&self.payee_addresses(payee)));
+        let judged = result.tx.as_ref().map(|answer| self.judged_for(answer, payee));
+        let proven_depth = result.tx.as_ref().ok().and_then(TxAnswer::proven_depth).map_or(0, u64::from);
         let (state, expires) = match &judged {
             Ok(TxLookup::NotFound) => (PaymentState::NotFound, ttl(self.config.cache.not_found_ttl)),
             Ok(TxLookup::Found(facts)) => match facts.block {
@@ -454,6 +502,16 @@ impl Gate {
             Err(_) => return Stored::Elsewhere,
         };
         let raw = Self::record_key(txid, payee);
+        if self.config.spv().is_some() && !matches!(state, PaymentState::Confirmed { .. }) {
+            // A payment proven confirmed before and now unconfirmed or unknown: its block left
+            // the best chain. The record says so from now on (keeping what it counted).
+            if let Some((_, old)) = self.payments.find(store, &raw) {
+                if matches!(old.state, PaymentState::Confirmed { .. }) {
+                    let _ = self.payments.put(store, &raw, state, expires, explorer as u64, now_ms);
+                    return Stored::Reorged;
+                }
+            }
+        }
         let paid = match state {
             PaymentState::Confirmed { paid_sats, .. } | PaymentState::Unconfirmed { paid_sats, .. } => paid_sats,
             PaymentState::NotFound => 0,
@@ -464,7 +522,7 @@ impl Gate {
             let _ = self.negatives.put(store, &raw, state, expires, explorer as u64, now_ms);
             return Stored::Elsewhere;
         }
-        match self.payments.put(store, &raw, state, expires, explorer as u64, now_ms) {
+        match self.payments.put_proven(store, &raw, state, expires, (explorer as u64, proven_depth), now_ms) {
             Ok(slot) => Stored::Payment(slot),
             Err(PutError::Full) => Stored::Full,
             Err(PutError::Store(_)) => Stored::Elsewhere,
@@ -485,10 +543,21 @@ impl Gate {
         stored: Stored,
         now_ms: u64,
     ) -> (Verdict, Effects) {
-        let judged = result.tx.as_ref().map(|answer| answer.for_payee(&self.payee_addresses(ticket.payee.as_ref())));
+        if stored == Stored::Reorged {
+            return reject(Rejection::PaymentReorged, ticket.policy);
+        }
+        let judged = result.tx.as_ref().map(|answer| self.judged_for(answer, ticket.payee.as_ref()));
         let facts = match judged {
             // The transaction, not the explorer, is the problem: no strike, no 503.
             Err(ExplorerError::TooLarge(_)) => return reject(Rejection::TxTooLarge, ticket.policy),
+            // Evidence of a lying or broken explorer: never an unverified pass (failure_mode open
+            // covers silence only), never a strike against the client.
+            Err(ExplorerError::ProofInvalid(_)) => return reject(Rejection::ProofInvalid, ticket.policy),
+            Err(ExplorerError::Disagreement(_)) => return reject(Rejection::ExplorerDisagreement, ticket.policy),
+            Err(ExplorerError::QuorumBehind) => {
+                let required = ticket.policy.min_confirmations;
+                return reject(Rejection::InsufficientConfirmations { confirmations: 0, required }, ticket.policy);
+            }
             Err(_) => return self.explorer_failed(store, &ticket, now_ms),
             Ok(TxLookup::NotFound) => return self.refuse(store, ticket, Rejection::TxNotFound, now_ms),
             Ok(TxLookup::Found(facts)) => facts,
@@ -505,11 +574,14 @@ impl Gate {
         let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         if let Stored::Payment(slot) = stored {
             if let Some(record) = self.payments.at(store, slot, &raw) {
+                let known = self.proven(&record, known, now_ms);
                 return self.judge(store, ticket, Some(slot), &record, known, now_ms);
             }
         }
         // Not stored (negative, or no room): answer from the result itself, counting nothing.
-        let record = PaymentRecord::new(raw, state_of(&facts), 0, now_ms);
+        let mut record = PaymentRecord::new(raw, state_of(&facts), 0, now_ms);
+        record.proven_depth = result.tx.as_ref().ok().and_then(TxAnswer::proven_depth).map_or(0, u64::from);
+        let known = self.proven(&record, known, now_ms);
         let (verdict, mut effects) = self.judge(store, ticket, None, &record, known, now_ms);
         if stored != Stored::Full {
             return (verdict, effects);
