@@ -508,6 +508,9 @@ impl Gate {
             if let Some((_, old)) = self.payments.find(store, &raw) {
                 if matches!(old.state, PaymentState::Confirmed { .. }) {
                     let _ = self.payments.put(store, &raw, state, expires, explorer as u64, now_ms);
+                    // This worker's copy goes too; other workers' copies serve routes the
+                    // proven depth satisfied until they check it again (README, trust model).
+                    self.memo.forget_payment(&raw);
                     return Stored::Reorged;
                 }
             }

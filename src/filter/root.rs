@@ -237,14 +237,20 @@ impl FilterRoot {
                 failover(error, done, v);
             }
             Outcome::ProofInvalid(why) => {
-                log::warn!("txgate: explorer {} served a proof for {txid} that does not verify: {why}", name(answering));
+                log::warn!(
+                    "txgate: explorer {} served a proof for {txid} that does not verify: {why}",
+                    name(answering)
+                );
                 self.count(Counter::InvalidProofs);
                 self.explorer_failed(gate, v, answering, now_ms);
                 failover(ExplorerError::ProofInvalid(why), done, v);
             }
             Outcome::QuorumUnavailable => {
                 log::warn!("txgate: no second explorer answered for {txid}; payment not admitted");
-                done.push((txid.clone(), LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: answering }));
+                done.push((
+                    txid.clone(),
+                    LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: answering },
+                ));
             }
             Outcome::Disagreement { explorer, height, ours, theirs } => {
                 let what = format!(
@@ -253,11 +259,17 @@ impl FilterRoot {
                     name(explorer)
                 );
                 log::warn!("txgate: explorers disagree for {txid}: {what}; payment not admitted");
-                done.push((txid.clone(), LookupResult { tx: Err(ExplorerError::Disagreement(what)), tip: None, explorer: answering }));
+                done.push((
+                    txid.clone(),
+                    LookupResult { tx: Err(ExplorerError::Disagreement(what)), tip: None, explorer: answering },
+                ));
             }
             Outcome::QuorumBehind { explorer, height } => {
                 log::info!("txgate: explorer {} has no block {height} yet for {txid}", name(explorer));
-                done.push((txid.clone(), LookupResult { tx: Err(ExplorerError::QuorumBehind), tip: None, explorer: answering }));
+                done.push((
+                    txid.clone(),
+                    LookupResult { tx: Err(ExplorerError::QuorumBehind), tip: None, explorer: answering },
+                ));
             }
         }
     }

@@ -32,10 +32,20 @@ const WAITERS_PER_INFLIGHT: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Tx { txid: Txid, explorer: usize },
-    Tip { explorer: usize },
+    Tx {
+        txid: Txid,
+        explorer: usize,
+    },
+    Tip {
+        explorer: usize,
+    },
     /// One call of a `verify: spv` lookup started at explorer `answering`.
-    Spv { txid: Txid, answering: usize, explorer: usize, fetch: Fetch },
+    Spv {
+        txid: Txid,
+        answering: usize,
+        explorer: usize,
+        fetch: Fetch,
+    },
 }
 
 #[derive(Default)]
@@ -83,8 +93,10 @@ impl Verifier {
         self.pending.push(ticket.txid.clone());
         let txid = ticket.txid.clone();
         let client_key = ticket.client_key;
-        self.lookups
-            .insert(txid, Lookup { waiters: vec![(context_id, ticket)], started_ms: now_ms, tx: None, client_key, spv: None });
+        self.lookups.insert(
+            txid,
+            Lookup { waiters: vec![(context_id, ticket)], started_ms: now_ms, tx: None, client_key, spv: None },
+        );
         self.waiting = self.waiting.saturating_add(1);
         Enqueued::Started
     }
