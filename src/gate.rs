@@ -304,13 +304,15 @@ impl Gate {
         if self.config.spv().is_none() {
             return known;
         }
-        let tip_fresh = !known.from_cache || self.tip_read_recently(record.stored_ms, now_ms);
         let tip = match record.state {
             PaymentState::Confirmed { block, .. } if record.proven_depth > 0 => {
                 Some(block.height.saturating_add(record.proven_depth).saturating_sub(1))
             }
             _ => None,
         };
+        // A confirmed record without a proven depth (never written under spv) is asked again.
+        let unproven = matches!(record.state, PaymentState::Confirmed { .. }) && tip.is_none();
+        let tip_fresh = !unproven && (!known.from_cache || self.tip_read_recently(record.stored_ms, now_ms));
         Known { tip, tip_fresh, from_cache: known.from_cache }
     }
 
@@ -522,7 +524,7 @@ impl Gate {
         if paid < self.lowest_price {
             // Buys nothing anywhere: a negative answer, kept apart from real payments.
             let expires = expires.max(ttl(self.config.cache.not_found_ttl));
-            let _ = self.negatives.put(store, &raw, state, expires, explorer as u64, now_ms);
+            let _ = self.negatives.put_proven(store, &raw, state, expires, (explorer as u64, proven_depth), now_ms);
             return Stored::Elsewhere;
         }
         match self.payments.put_proven(store, &raw, state, expires, (explorer as u64, proven_depth), now_ms) {
@@ -1036,5 +1038,92 @@ mod tests {
             with(json!({"xpub": regtest_tpub(), "script": "p2tr", "extra": 1}), true),
             Err("pay_to".to_string())
         );
+    }
+
+    fn proven(paid: u64, height: Option<u64>, depth: u32) -> LookupResult {
+        let script = crate::address::script_pubkey(PAY_TO, crate::address::Network::Regtest).unwrap();
+        let block = height.map(|height| crate::esplora::ProvenBlock {
+            place: BlockPlace { height, time: NOW_MS / 1000 - 60 },
+            depth,
+        });
+        let outputs = vec![(script, paid), (vec![0x51], 5)];
+        LookupResult { tx: Ok(TxAnswer::Proven { block, outputs }), tip: None, explorer: 0 }
+    }
+
+    #[test]
+    fn spv_counts_only_the_proven_depth_and_notices_a_reorg() {
+        let (gate, store) = gate(json!({
+            "verify": "spv", "cache": {"tip_ttl": "5s"},
+            "routes": [{"prefix": "/deep", "min_confirmations": 3}]
+        }));
+        let (first, _) = verify(&gate, &store, &[], &proven(1000, Some(100), 1));
+        assert!(
+            matches!(first, Verdict::Allow { receipt: Receipt { paid_sats: 1000, confirmations: 1 }, .. }),
+            "{first:?}"
+        );
+        // An explorer's tip far above changes nothing: only proven headers count.
+        gate.record_tip(&store, 0, 500, NOW_MS);
+        let deep = |now_ms: u64| {
+            let facts = RequestFacts {
+                path: "/deep",
+                headers: &[],
+                principal: None,
+                source_address: None,
+                claims: &[],
+                now_ms,
+            };
+            gate.admit(&store, &facts, &[TXID.as_bytes()]).0
+        };
+        assert!(matches!(admit(&gate, &store, "/api", &[], &[TXID]).0, Verdict::Allow { from_cache: true, .. }));
+        let short = deep(NOW_MS + 1_000);
+        assert!(
+            matches!(
+                &short,
+                Verdict::Reject {
+                    rejection: Rejection::InsufficientConfirmations { confirmations: 1, required: 3 },
+                    ..
+                }
+            ),
+            "{short:?}"
+        );
+        // After tip_ttl the short payment is verified again...
+        let ticket = ticket_of(deep(NOW_MS + 5_000));
+        // ...and its block has left the chain: the explorer no longer knows the transaction.
+        let gone = LookupResult { tx: Ok(TxAnswer::NotFound), tip: None, explorer: 0 };
+        let stored = gate.remember(&store, &ticket.txid, None, &gone, NOW_MS + 5_000);
+        assert_eq!(stored, Stored::Reorged);
+        assert_eq!(code(&gate.resolve(&store, ticket, &gone, stored, NOW_MS + 5_000).0), "payment_reorged");
+        assert_eq!(
+            code(&admit(&gate, &store, "/api", &[], &[TXID]).0),
+            "tx_not_found",
+            "no longer allowed from the cache"
+        );
+        // Proven three deep: /deep passes.
+        let (gate, store) =
+            self::gate(json!({"verify": "spv", "routes": [{"prefix": "/deep", "min_confirmations": 3}]}));
+        let ticket = ticket_of(admit(&gate, &store, "/deep", &[], &[TXID]).0);
+        let result = proven(1000, Some(100), 3);
+        let stored = gate.remember(&store, &ticket.txid, None, &result, NOW_MS);
+        assert!(matches!(gate.resolve(&store, ticket, &result, stored, NOW_MS).0, Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn spv_failures_are_refusals_not_unverified_passes() {
+        let (gate, store) = gate(json!({
+            "verify": "spv", "failure_mode": "open", "fail_open": {"acknowledged": true}
+        }));
+        let failed = |error: ExplorerError| LookupResult { tx: Err(error), tip: None, explorer: 0 };
+        let code_of = |error: ExplorerError| code(&verify(&gate, &store, &[], &failed(error)).0);
+        assert_eq!(code_of(ExplorerError::ProofInvalid("x".into())), "proof_invalid");
+        assert_eq!(code_of(ExplorerError::Disagreement("x".into())), "explorer_disagreement");
+        assert_eq!(code_of(ExplorerError::QuorumBehind), "insufficient_confirmations");
+        assert_eq!(verify(&gate, &store, &[], &failed(ExplorerError::NoResponse)).0, Verdict::AllowUnverified);
+        // Outputs are matched by script: 999 sats to us is not enough, whatever else it pays; and
+        // the cached negative answer says so again (never an unverified pass).
+        assert_eq!(code(&verify(&gate, &store, &[], &proven(999, Some(100), 1)).0), "insufficient_payment");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_payment");
+        // A mempool transaction under spv: insufficient confirmations, as in explorer mode.
+        let (gate, store) = self::gate(json!({"verify": "spv"}));
+        assert_eq!(code(&verify(&gate, &store, &[], &proven(1000, None, 0)).0), "insufficient_confirmations");
     }
 }

@@ -479,3 +479,262 @@ impl Default for HeaderCache {
         HeaderCache::new(1024)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spv::vectors::{B170_TX1, B170_TX1_TXID};
+    use crate::spv::{default_floor, dsha256};
+    use serde_json::json;
+
+    const H: u32 = 100;
+
+    /// Mines a header on `prev` at `bits`.
+    fn mine(prev: Hash256, merkle_root: Hash256, time: u32, bits: u32) -> Header {
+        let target = Target::from_compact(bits).unwrap();
+        for nonce in 0u32.. {
+            let fields = Header { version: 0x2000_0000, prev, merkle_root, time, bits, nonce, hash: Hash256([0; 32]) };
+            let header = Header::from_bytes(&fields.to_bytes()).unwrap();
+            if target.is_met_by(&header.hash) {
+                return header;
+            }
+        }
+        panic!("no nonce meets {bits:08x}")
+    }
+
+    /// Blocks H-2 ..= H+2 at regtest bits; block H holds only B170's tx 1 (root = txid).
+    fn chain(bits: u32) -> Vec<(u32, Header)> {
+        chain_on(Hash256([7; 32]), bits)
+    }
+
+    fn chain_on(below: Hash256, bits: u32) -> Vec<(u32, Header)> {
+        let txid = Hash256::from_display_hex(B170_TX1_TXID).unwrap();
+        let mut prev = below;
+        let mut out = Vec::new();
+        for height in H - 2..=H + 2 {
+            let root = if height == H { txid } else { dsha256(&height.to_le_bytes()) };
+            let header = mine(prev, root, 1_700_000_000 + height, bits);
+            prev = header.hash;
+            out.push((height, header));
+        }
+        out
+    }
+
+    /// `/blocks/{start}` as electrs renders it, from `chain` (descending, up to 10).
+    fn page(chain: &[(u32, Header)], start: u32) -> Vec<u8> {
+        let blocks: Vec<_> = chain
+            .iter()
+            .rev()
+            .filter(|(h, _)| *h <= start)
+            .take(10)
+            .map(|(h, b)| {
+                json!({"id": b.hash.to_display_hex(), "height": h, "version": b.version, "timestamp": b.time,
+                       "merkle_root": b.merkle_root.to_display_hex(), "previousblockhash": b.prev.to_display_hex(),
+                       "nonce": b.nonce, "bits": b.bits, "difficulty": 1, "tx_count": 1})
+            })
+            .collect();
+        serde_json::to_vec(&blocks).unwrap()
+    }
+
+    fn hash_at(chain: &[(u32, Header)], height: u32) -> Vec<u8> {
+        chain.iter().find(|(h, _)| *h == height).unwrap().1.hash.to_display_hex().into_bytes()
+    }
+
+    fn ok(body: impl Into<Vec<u8>>) -> Result<(u16, Vec<u8>), ExplorerError> {
+        Ok((200, body.into()))
+    }
+
+    fn proof() -> Vec<u8> {
+        json!({"block_height": H, "merkle": [], "pos": 0}).to_string().into_bytes()
+    }
+
+    struct World {
+        floor: Target,
+        headers: HeaderCache,
+        others: Vec<usize>,
+        quorum: usize,
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                floor: default_floor(crate::address::Network::Regtest).unwrap(),
+                headers: HeaderCache::default(),
+                others: vec![1],
+                quorum: 2,
+            }
+        }
+
+        fn answer(
+            &mut self,
+            l: &mut SpvLookup,
+            explorer: usize,
+            fetch: Fetch,
+            a: Result<(u16, Vec<u8>), ExplorerError>,
+        ) -> Next {
+            let mut env =
+                Env { floor: &self.floor, quorum: self.quorum, others: &self.others, headers: &mut self.headers };
+            l.on_answer(explorer, fetch, a, &mut env)
+        }
+    }
+
+    fn req(explorer: usize, fetch: Fetch) -> Request {
+        Request { explorer, fetch }
+    }
+
+    /// Round 1 answered honestly; returns what round 2 asks.
+    fn round_one(w: &mut World, l: &mut SpvLookup) -> Next {
+        assert_eq!(l.start(), Next::Dispatch(vec![req(0, Fetch::Hex), req(0, Fetch::Proof)]));
+        assert_eq!(w.answer(l, 0, Fetch::Hex, ok(B170_TX1)), Next::Wait);
+        w.answer(l, 0, Fetch::Proof, ok(proof()))
+    }
+
+    fn proven(outcome: Next) -> ProvenBlock {
+        match outcome {
+            Next::Done(Outcome::Answer(TxAnswer::Proven { block: Some(block), outputs })) => {
+                assert_eq!(outputs.iter().map(|(_, v)| v).sum::<u64>(), 5_000_000_000);
+                block
+            }
+            other => panic!("not proven: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn honest_payment_takes_four_calls_then_three_with_cached_headers() {
+        let c = chain(0x207f_ffff);
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 2).unwrap();
+        let top = H + 1;
+        assert_eq!(
+            round_one(&mut w, &mut l),
+            Next::Dispatch(vec![req(0, Fetch::Blocks(Some(top))), req(1, Fetch::BlockHeight(top))])
+        );
+        assert_eq!(w.answer(&mut l, 1, Fetch::BlockHeight(top), ok(hash_at(&c, top))), Next::Wait);
+        let block = proven(w.answer(&mut l, 0, Fetch::Blocks(Some(top)), ok(page(&c, top))));
+        assert_eq!((block.place.height, block.depth, block.place.time), (100, 2, 1_700_000_100));
+        assert_eq!((l.calls, l.headers_cached), (4, false));
+        assert_eq!(w.headers.len(), 4, "the page's linked headers up to the top are kept");
+        // Again (another worker request, same block): the headers come from the cache.
+        let mut again = SpvLookup::new(B170_TX1_TXID, 0, 2).unwrap();
+        assert_eq!(round_one(&mut w, &mut again), Next::Dispatch(vec![req(1, Fetch::BlockHeight(top))]));
+        proven(w.answer(&mut again, 1, Fetch::BlockHeight(top), ok(hash_at(&c, top))));
+        assert_eq!((again.calls, again.headers_cached), (3, true));
+    }
+
+    #[test]
+    fn quorum_one_needs_no_second_explorer() {
+        let c = chain(0x207f_ffff);
+        let mut w = World { quorum: 1, others: vec![], ..World::new() };
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        assert_eq!(round_one(&mut w, &mut l), Next::Dispatch(vec![req(0, Fetch::Blocks(Some(H)))]));
+        assert_eq!(proven(w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)))).depth, 1);
+    }
+
+    #[test]
+    fn an_explorer_behind_the_depth_wanted_gives_its_newest_page() {
+        // Two confirmations wanted, the explorer's chain ends at H: /blocks/{H+1} is 404.
+        let c: Vec<_> = chain(0x207f_ffff).into_iter().filter(|(h, _)| *h <= H).collect();
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 2).unwrap();
+        round_one(&mut w, &mut l);
+        assert_eq!(
+            w.answer(&mut l, 0, Fetch::Blocks(Some(H + 1)), Ok((404, vec![]))),
+            Next::Dispatch(vec![req(0, Fetch::Blocks(None))])
+        );
+        // The vote asked at H+1 comes back 404 meanwhile: ignored once the top moves to H.
+        assert_eq!(
+            w.answer(&mut l, 0, Fetch::Blocks(None), ok(page(&c, H))),
+            Next::Dispatch(vec![req(1, Fetch::BlockHeight(H))])
+        );
+        assert_eq!(w.answer(&mut l, 1, Fetch::BlockHeight(H + 1), Ok((404, vec![]))), Next::Wait);
+        assert_eq!(proven(w.answer(&mut l, 1, Fetch::BlockHeight(H), ok(hash_at(&c, H)))).depth, 1);
+    }
+
+    #[test]
+    fn lies_are_refused() {
+        let c = chain(0x207f_ffff);
+        let invalid = |n: Next| matches!(n, Next::Done(Outcome::ProofInvalid(_)));
+        // Raw bytes that do not hash to the txid.
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        l.start();
+        let mut raw = hex::decode(B170_TX1).unwrap();
+        raw[60] ^= 1;
+        assert!(invalid(w.answer(&mut l, 0, Fetch::Hex, ok(hex::encode(raw)))));
+        // A branch that misses the root.
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        l.start();
+        w.answer(&mut l, 0, Fetch::Hex, ok(B170_TX1));
+        let bad = json!({"block_height": H, "merkle": ["00".repeat(32)], "pos": 0}).to_string();
+        w.answer(&mut l, 0, Fetch::Proof, ok(bad));
+        w.answer(&mut l, 1, Fetch::BlockHeight(H), ok(hash_at(&c, H)));
+        assert!(invalid(w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)))));
+        // Headers below a floor above regtest's limit.
+        let mut w = World { floor: Target::from_compact(0x2000_ffff).unwrap(), ..World::new() };
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 1, Fetch::BlockHeight(H), ok(hash_at(&c, H)));
+        assert!(invalid(w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)))));
+        // A page whose fields do not hash to its ids.
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        round_one(&mut w, &mut l);
+        let forged = String::from_utf8(page(&c, H)).unwrap().replacen("\"nonce\":", "\"nonce\":1", 1);
+        assert!(invalid(w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(forged))));
+    }
+
+    #[test]
+    fn the_quorum_decides_between_explorers() {
+        let c = chain(0x207f_ffff);
+        let other = chain_on(Hash256([8; 32]), 0x207f_ffff); // other hashes at every height
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 1, Fetch::BlockHeight(H), ok(hash_at(&other, H)));
+        let done = w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)));
+        assert!(matches!(done, Next::Done(Outcome::Disagreement { explorer: 1, height: H, .. })), "{done:?}");
+        assert!(w.headers.is_empty(), "nothing kept without agreement");
+        // Behind: 404 at the top height.
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 1, Fetch::BlockHeight(H), Ok((404, vec![])));
+        let done = w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)));
+        assert_eq!(done, Next::Done(Outcome::QuorumBehind { explorer: 1, height: H }));
+        // A voter that fails is replaced by the next one; none left: unavailable.
+        let mut w = World { others: vec![1, 2], ..World::new() };
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        round_one(&mut w, &mut l);
+        assert_eq!(w.answer(&mut l, 1, Fetch::BlockHeight(H), Err(ExplorerError::NoResponse)), Next::Wait);
+        let next = w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)));
+        assert_eq!(next, Next::Dispatch(vec![req(2, Fetch::BlockHeight(H))]));
+        assert_eq!(
+            w.answer(&mut l, 2, Fetch::BlockHeight(H), Ok((503, vec![]))),
+            Next::Done(Outcome::QuorumUnavailable)
+        );
+    }
+
+    #[test]
+    fn mempool_and_unknown_transactions() {
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        l.start();
+        assert_eq!(w.answer(&mut l, 0, Fetch::Proof, Ok((404, vec![]))), Next::Wait);
+        match w.answer(&mut l, 0, Fetch::Hex, ok(B170_TX1)) {
+            Next::Done(Outcome::Answer(TxAnswer::Proven { block: None, outputs })) => assert_eq!(outputs.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        l.start();
+        assert_eq!(w.answer(&mut l, 0, Fetch::Hex, Ok((404, vec![]))), Next::Done(Outcome::Answer(TxAnswer::NotFound)));
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        l.start();
+        assert_eq!(
+            w.answer(&mut l, 0, Fetch::Hex, Ok((500, vec![]))),
+            Next::Done(Outcome::ExplorerFailed(ExplorerError::Status(500)))
+        );
+        // Answers from another explorer than the answering one are not its answers.
+        let mut l = SpvLookup::new(B170_TX1_TXID, 1, 1).unwrap();
+        l.start();
+        assert_eq!(w.answer(&mut l, 0, Fetch::Hex, Ok((404, vec![]))), Next::Wait);
+    }
+}
