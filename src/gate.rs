@@ -1126,4 +1126,33 @@ mod tests {
         let (gate, store) = self::gate(json!({"verify": "spv"}));
         assert_eq!(code(&verify(&gate, &store, &[], &proven(1000, None, 0)).0), "insufficient_confirmations");
     }
+
+    #[test]
+    fn spv_sums_each_clients_own_script_from_the_raw_transaction() {
+        let (gate, store) = gate(json!({
+            "verify": "spv",
+            "pay_to": {"xpub": regtest_tpub(), "script": "p2wpkh", "branch": 0},
+            "bind_to": "header:x-api-key"
+        }));
+        let alice = address_of(&gate, "alice");
+        let script = crate::address::script_pubkey(&alice.address, crate::address::Network::Regtest).unwrap();
+        let block =
+            Some(crate::esplora::ProvenBlock { place: BlockPlace { height: 100, time: NOW_MS / 1000 - 60 }, depth: 1 });
+        let result =
+            LookupResult { tx: Ok(TxAnswer::Proven { block, outputs: vec![(script, 1000)] }), tip: None, explorer: 0 };
+        let (thief, _) = verify(&gate, &store, &[("x-api-key", "bob")], &result);
+        assert_eq!(code(&thief), "insufficient_payment");
+        let (paid, _) = verify(&gate, &store, &[("x-api-key", "alice")], &result);
+        assert!(
+            matches!(paid, Verdict::Allow { receipt: Receipt { paid_sats: 1000, confirmations: 1 }, .. }),
+            "{paid:?}"
+        );
+        // max_age is judged by the proven header's time.
+        let (gate, store) = self::gate(json!({"verify": "spv"}));
+        let mut expired = proven(1000, Some(100), 1);
+        if let Ok(TxAnswer::Proven { block: Some(block), .. }) = &mut expired.tx {
+            block.place.time = NOW_MS / 1000 - 90_000;
+        }
+        assert_eq!(code(&verify(&gate, &store, &[], &expired).0), "payment_expired");
+    }
 }

@@ -122,6 +122,14 @@ fn honest_payment_is_proven_in_four_calls_and_headers_are_cached() {
     expect(&deep, 200, "");
     assert_eq!(deep.json()["txgate"]["confirmations"], 2);
     assert_eq!(stack.stat("txgate_spv_invalid_proofs"), 0);
+
+    // max_age (24h) is judged by the proven header's time: a block stamped two days ago.
+    let old = stack.pay(1000);
+    let two_days_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 172_800;
+    stack.mine_at(1, two_days_ago);
+    let expired = stack.paid_get("/api/data", &old);
+    expect(&expired, 402, "payment_expired");
+    assert_eq!(expired.json()["block_time"], two_days_ago);
 }
 
 #[test]
