@@ -23,6 +23,7 @@ use crate::store::{update, SharedStore, UpdateError};
 
 pub const RECORD_LEN: usize = 1 + 1 + 32 + 9 * 8;
 const VERSION: u8 = 2;
+const LOW_32: u64 = 0xffff_ffff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentState {
@@ -47,13 +48,27 @@ pub struct PaymentRecord {
     /// When a negative or mempool entry must be asked again; 0 = never.
     pub expires_ms: u64,
     pub stored_ms: u64,
-    /// Index of the explorer that answered: its own tip counts the confirmations.
+    /// Index of the explorer that answered: its own tip counts the confirmations. Stored in the
+    /// low 32 bits of the record's last word.
     pub explorer: u64,
+    /// `verify: spv`: headers proven from the payment's block up (its confirmations when it was
+    /// verified); 0 when the explorer's word was taken. The high 32 bits of the last word.
+    pub proven_depth: u64,
 }
 
 impl PaymentRecord {
     pub fn new(txid: [u8; 32], state: PaymentState, expires_ms: u64, now_ms: u64) -> PaymentRecord {
-        PaymentRecord { txid, state, used: 0, first_used: 0, bound_to: 0, expires_ms, stored_ms: now_ms, explorer: 0 }
+        PaymentRecord {
+            txid,
+            state,
+            used: 0,
+            first_used: 0,
+            bound_to: 0,
+            expires_ms,
+            stored_ms: now_ms,
+            explorer: 0,
+            proven_depth: 0,
+        }
     }
 
     pub fn is_fresh(&self, now_ms: u64) -> bool {
@@ -93,7 +108,7 @@ impl PaymentRecord {
             self.bound_to,
             self.expires_ms,
             self.stored_ms,
-            self.explorer,
+            (self.explorer & LOW_32) | (self.proven_depth & LOW_32).checked_shl(32).unwrap_or(0),
         ] {
             put_u64(&mut out, v);
         }
@@ -112,6 +127,8 @@ impl PaymentRecord {
         let kind = r.u8()?;
         let txid: [u8; 32] = r.take(32)?.try_into().ok()?;
         let (paid_sats, height, time) = (r.u64()?, r.u64()?, r.u64()?);
+        let last = bytes.get(RECORD_LEN.saturating_sub(8)..).and_then(|b| <[u8; 8]>::try_from(b).ok());
+        let last = u64::from_le_bytes(last?);
         let state = match kind {
             1 => PaymentState::Confirmed { paid_sats, block: BlockPlace { height, time } },
             2 => PaymentState::Unconfirmed { paid_sats, seen_at_tip: height },
@@ -126,7 +143,8 @@ impl PaymentRecord {
             bound_to: r.u64()?,
             expires_ms: r.u64()?,
             stored_ms: r.u64()?,
-            explorer: r.u64()?,
+            explorer: last & LOW_32,
+            proven_depth: last.checked_shr(32).unwrap_or(0),
         })
     }
 
@@ -284,6 +302,19 @@ impl PaymentTable {
         explorer: u64,
         now_ms: u64,
     ) -> Result<usize, PutError> {
+        self.put_proven(store, txid, state, expires_ms, (explorer, 0), now_ms)
+    }
+
+    /// `put`, recording also the depth proven by `verify: spv` (`answer` = explorer, depth).
+    pub fn put_proven(
+        &self,
+        store: &dyn SharedStore,
+        txid: &[u8; 32],
+        state: PaymentState,
+        expires_ms: u64,
+        (explorer, proven_depth): (u64, u64),
+        now_ms: u64,
+    ) -> Result<usize, PutError> {
         let longest_max_age_secs = self.keep_secs;
         self.refresh_secret(store);
         let slot = match self.find(store, txid) {
@@ -293,6 +324,7 @@ impl PaymentTable {
         let stored = update(store, &self.key(slot), |bytes| {
             let mut record = PaymentRecord::new(*txid, state, expires_ms, now_ms);
             record.explorer = explorer;
+            record.proven_depth = proven_depth;
             match PaymentRecord::decode(bytes) {
                 Some(old) if old.txid == *txid => {
                     record.used = old.used;
@@ -396,6 +428,22 @@ mod tests {
         let t = PaymentTable::new("txgate/test/", "p", slots, Some(86_400));
         t.create(store);
         t
+    }
+
+    #[test]
+    fn the_proven_depth_shares_the_explorer_word_and_survives_a_put() {
+        let state = PaymentState::Confirmed { paid_sats: 5, block: BlockPlace { height: 7, time: 8 } };
+        let mut record = PaymentRecord::new([4; 32], state, 0, 9);
+        (record.explorer, record.proven_depth) = (3, 6);
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), RECORD_LEN);
+        assert_eq!(bytes[RECORD_LEN - 8..], (3u64 | 6 << 32).to_le_bytes());
+        assert_eq!(PaymentRecord::decode(&bytes), Some(record));
+        let (t, store) = (PaymentTable::new("s/", "p", 8, None), MemoryStore::default());
+        t.create(&store);
+        let slot = t.put_proven(&store, &[4; 32], state, 0, (1, 2), 9).unwrap();
+        let stored = t.at(&store, slot, &[4; 32]).unwrap();
+        assert_eq!((stored.explorer, stored.proven_depth), (1, 2));
     }
 
     fn put(t: &PaymentTable, store: &MemoryStore, id: &[u8; 32], state: PaymentState) -> Result<usize, PutError> {

@@ -15,12 +15,15 @@ use crate::grant::Grant;
 use crate::identity::IdentitySource;
 use crate::path::{canonicalize, prefix_covers, prefix_covers_ignoring_case};
 use crate::penalty::PenaltyConfig;
+use crate::spv::{default_floor_bits, parse_floor_bits, Target};
 use crate::xpub::{ExtendedPublicKey, ScriptKind};
 
 /// All the bitcoin there will ever be, in sats: a price above it is a typo.
 const MAX_SATS: u64 = 2_100_000_000_000_000;
 /// Far more than any payment gate needs; the limit keeps a wrong value from meaning "forever".
 const MAX_CONFIRMATIONS: u32 = 10_000;
+/// Under `verify: spv` every required header is fetched and checked (10 per explorer call).
+pub const MAX_SPV_CONFIRMATIONS: u32 = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +49,9 @@ struct RawConfig {
     circuit_breaker: Option<RawBreaker>,
     fail_open: Option<RawFailOpen>,
     max_inflight_per_client: Option<u32>,
+    verify: Option<String>,
+    quorum: Option<u32>,
+    spv_floor_bits: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +215,37 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Explorer lookups in flight per client on one worker.
     pub max_inflight_per_client: usize,
+    /// How a payment is established: on the explorers' word, or by proof of work.
+    pub verify: Verify,
+}
+
+/// `verify`: what an explorer's answer must carry before a payment counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// The explorer's JSON is believed (amounts, addresses, height, time, tip).
+    Explorer,
+    /// The raw transaction, its merkle proof and the headers above it are checked by proof of
+    /// work, and `quorum` explorers must agree on the block hash at the top height used.
+    Spv(SpvConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpvConfig {
+    /// Explorers (the answering one included) that must report the same block hash.
+    pub quorum: usize,
+    /// Every header's target must be at least this hard.
+    pub floor: Target,
+    /// The floor as configured (8 hex digits of nBits), for logs.
+    pub floor_bits: u32,
+}
+
+impl Config {
+    pub fn spv(&self) -> Option<&SpvConfig> {
+        match &self.verify {
+            Verify::Spv(spv) => Some(spv),
+            Verify::Explorer => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,6 +369,16 @@ impl Config {
             0 => return refuse("max_inflight_per_client", "must be at least 1"),
             n => usize::try_from(n).unwrap_or(usize::MAX).min(max_inflight),
         };
+        let verify = validate_verify(
+            network,
+            raw.verify.as_deref(),
+            raw.quorum,
+            raw.spv_floor_bits.as_deref(),
+            explorers.len(),
+        )?;
+        if matches!(verify, Verify::Spv(_)) {
+            validate_spv_routes(&default_policy, &routes)?;
+        }
         let config = Config {
             header,
             network,
@@ -351,6 +398,7 @@ impl Config {
             deadline,
             breaker,
             max_inflight_per_client,
+            verify,
         };
         if config.pay_to_xpub.is_some() && config.bind_to.is_none() {
             return refuse(
@@ -585,6 +633,101 @@ fn validate_failure_mode(mode: Option<&str>, raw: Option<RawFailOpen>) -> Result
         }
         other => refuse("failure_mode", format!("\"{other}\" is not one of closed, open")),
     }
+}
+
+/// `verify`, `quorum` and `spv_floor_bits`. `spv` is the default on mainnet, where proof of work
+/// costs an attacker real money; elsewhere headers are cheap to forge and `explorer` is the default.
+fn validate_verify(
+    network: Network,
+    verify: Option<&str>,
+    quorum: Option<u32>,
+    floor: Option<&str>,
+    explorers: usize,
+) -> Result<Verify, ConfigError> {
+    let spv = match verify {
+        None => network == Network::Mainnet,
+        Some("spv") => true,
+        Some("explorer") => false,
+        Some(other) => return refuse("verify", format!("\"{other}\" is not one of spv, explorer")),
+    };
+    if !spv {
+        if quorum.is_some() {
+            return refuse("quorum", "only applies with verify \"spv\"");
+        }
+        if floor.is_some() {
+            return refuse("spv_floor_bits", "only applies with verify \"spv\"");
+        }
+        return Ok(Verify::Explorer);
+    }
+    let quorum = match quorum {
+        None => explorers.min(2),
+        Some(0) => return refuse("quorum", "must be at least 1 (the explorer that answers)"),
+        Some(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > explorers {
+                return refuse("quorum", format!("{n} is more than the {explorers} configured explorer(s)"));
+            }
+            n
+        }
+    };
+    let limit_bits = default_floor_bits(network);
+    let limit = Target::from_compact(limit_bits).map_err(|e| ConfigError {
+        field: "network".to_string(),
+        reason: format!("has no usable difficulty floor: {e}"),
+    })?;
+    let (floor, floor_bits) = match floor {
+        None => (limit, limit_bits),
+        Some(text) => {
+            let Some(target) = parse_floor_bits(text) else {
+                return refuse("spv_floor_bits", format!("\"{text}\" is not 8 hex digits of a usable nBits target"));
+            };
+            // Never easier than the network's proof-of-work limit: easier headers are not valid
+            // anywhere, and would let cheap forgeries through.
+            let pow_limit = pow_limit_bits(network);
+            if !Target::from_compact(pow_limit).is_ok_and(|l| target.within(&l)) {
+                return refuse(
+                    "spv_floor_bits",
+                    format!("\"{text}\" is easier than {}'s proof-of-work limit {pow_limit:08x}", network.name()),
+                );
+            }
+            (target, u32::from_str_radix(text, 16).unwrap_or(limit_bits))
+        }
+    };
+    Ok(Verify::Spv(SpvConfig { quorum, floor, floor_bits }))
+}
+
+/// The easiest nBits a network's headers may have (its proof-of-work limit).
+fn pow_limit_bits(network: Network) -> u32 {
+    match network {
+        Network::Mainnet => crate::spv::target::TESTNET_FLOOR_BITS,
+        other => default_floor_bits(other),
+    }
+}
+
+/// Under `spv`, every route needs at least one confirmation (a mempool payment has no block to
+/// prove) and at most `MAX_SPV_CONFIRMATIONS` (each header is fetched).
+fn validate_spv_routes(default: &Policy, routes: &[Route]) -> Result<(), ConfigError> {
+    let policies = std::iter::once(("min_confirmations".to_string(), default)).chain(
+        routes.iter().enumerate().filter_map(|(i, r)| match &r.access {
+            Access::Paid(p) => Some((format!("routes[{i}].min_confirmations"), p)),
+            Access::Free => None,
+        }),
+    );
+    for (field, policy) in policies {
+        if policy.min_confirmations == 0 {
+            return refuse(
+                field,
+                "0 (mempool payments) cannot be proven with verify \"spv\": there is no block yet; set verify \"explorer\" to take mempool payments on the explorers' word",
+            );
+        }
+        if policy.min_confirmations > MAX_SPV_CONFIRMATIONS {
+            return refuse(
+                field,
+                format!("at most {MAX_SPV_CONFIRMATIONS} with verify \"spv\" (every header is fetched and checked)"),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn validate_breaker(raw: Option<RawBreaker>) -> Result<BreakerConfig, ConfigError> {
@@ -938,5 +1081,58 @@ mod tests {
         assert!(err.reason.contains("unknown field `price`"), "{err}");
         assert_eq!(Config::from_json(b"").unwrap_err().field, "configuration");
         assert_eq!(Config::from_json(b"not json").unwrap_err().field, "configuration");
+    }
+
+    #[test]
+    fn verify_defaults_per_network_and_spv_fields_are_checked() {
+        let mainnet = |extra: Value| {
+            let mut v = json!({
+                "network": "mainnet", "pay_to": ["bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"], "price_sats": 1000,
+                "explorers": [{"cluster": "a", "authority": "a"}, {"cluster": "b", "authority": "b"}]
+            });
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        let c = parse(&mainnet(json!({}))).unwrap();
+        let spv = c.spv().expect("spv is mainnet's default");
+        assert_eq!((spv.quorum, spv.floor_bits), (2, 0x1709_030c));
+        assert_eq!(parse(&mainnet(json!({"verify": "explorer"}))).unwrap().verify, Verify::Explorer);
+        assert_eq!(parse(&minimal()).unwrap().verify, Verify::Explorer, "regtest defaults to explorer");
+        let regtest_spv = parse(&with("verify", json!("spv"))).unwrap();
+        assert_eq!(regtest_spv.spv().map(|s| (s.quorum, s.floor_bits)), Some((1, 0x207f_ffff)));
+        let mut one = mainnet(json!({}));
+        one["explorers"] = json!([{"cluster": "a", "authority": "a"}]);
+        assert_eq!(parse(&one).unwrap().spv().map(|s| s.quorum), Some(1), "one explorer: quorum 1");
+        let harder = parse(&mainnet(json!({"spv_floor_bits": "1702b3a1", "quorum": 1}))).unwrap();
+        assert_eq!(harder.spv().map(|s| (s.quorum, s.floor_bits)), Some((1, 0x1702_b3a1)));
+        let cases: Vec<(Value, &str)> = vec![
+            (mainnet(json!({"verify": "trust"})), "verify"),
+            (mainnet(json!({"quorum": 3})), "quorum"),
+            (mainnet(json!({"quorum": 0})), "quorum"),
+            (mainnet(json!({"verify": "explorer", "quorum": 1})), "quorum"),
+            (mainnet(json!({"verify": "explorer", "spv_floor_bits": "1709030c"})), "spv_floor_bits"),
+            (mainnet(json!({"spv_floor_bits": "1709030"})), "spv_floor_bits"),
+            (mainnet(json!({"spv_floor_bits": "zz09030c"})), "spv_floor_bits"),
+            (mainnet(json!({"spv_floor_bits": "00000000"})), "spv_floor_bits"),
+            // Easier than mainnet's proof-of-work limit, and regtest's limit on mainnet.
+            (mainnet(json!({"spv_floor_bits": "1d01ffff"})), "spv_floor_bits"),
+            (mainnet(json!({"spv_floor_bits": "207fffff"})), "spv_floor_bits"),
+            (mainnet(json!({"min_confirmations": 0})), "min_confirmations"),
+            (mainnet(json!({"min_confirmations": 101})), "min_confirmations"),
+            (mainnet(json!({"routes": [{"prefix": "/x", "min_confirmations": 0}]})), "routes[0].min_confirmations"),
+        ];
+        for (config, field) in cases {
+            let err = refusal(&config);
+            assert_eq!(err.field, field, "{config}: {err}");
+        }
+        assert!(refusal(&mainnet(json!({"min_confirmations": 0}))).reason.contains("verify \"explorer\""));
+        // Regtest: its own limit is accepted, anything harder too; mempool routes are fine under explorer.
+        assert!(parse(&with("spv_floor_bits", json!("2000ffff"))).is_err(), "needs verify spv");
+        let mut v = with("verify", json!("spv"));
+        v["spv_floor_bits"] = json!("2000ffff");
+        assert_eq!(parse(&v).unwrap().spv().map(|s| s.floor_bits), Some(0x2000_ffff));
+        assert!(parse(&with("min_confirmations", json!(0))).is_ok());
     }
 }

@@ -54,19 +54,46 @@ pub enum TxLookup {
     NotFound,
 }
 
+/// Under `verify: spv`, a block proven by proof of work: its height and time from the verified
+/// header, and how many linked headers were checked from it up (its confirmations, as far as the
+/// quorum agreed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProvenBlock {
+    pub place: BlockPlace,
+    pub depth: u32,
+}
+
 /// What an explorer said about a transaction before it is judged for one payee: every output
 /// that pays an address, so that each client's own address (see `xpub`) can be summed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxAnswer {
-    Found { block: Option<BlockPlace>, outputs: Vec<(String, u64)> },
+    Found {
+        block: Option<BlockPlace>,
+        outputs: Vec<(String, u64)>,
+    },
     NotFound,
+    /// `verify: spv`: read from raw bytes that hash to the txid, outputs by scriptPubKey;
+    /// `block` is `None` for a transaction the explorer has no merkle proof for (mempool).
+    Proven {
+        block: Option<ProvenBlock>,
+        outputs: Vec<(Vec<u8>, u64)>,
+    },
 }
 
 impl TxAnswer {
-    /// The facts for a payee with these addresses (as explorers print them).
-    pub fn for_payee(&self, addresses: &[String]) -> TxLookup {
+    /// The facts for a payee with these addresses (as explorers print them) and scriptPubKeys
+    /// (what a proven answer's outputs are matched by).
+    pub fn for_payee(&self, addresses: &[String], scripts: &[Vec<u8>]) -> TxLookup {
         match self {
             TxAnswer::NotFound => TxLookup::NotFound,
+            TxAnswer::Proven { block, outputs } => {
+                // Output values were summed with checks when the raw transaction was read.
+                let paid_sats = outputs
+                    .iter()
+                    .filter(|(script, _)| scripts.contains(script))
+                    .fold(0u64, |sum, (_, value)| sum.saturating_add(*value));
+                TxLookup::Found(TxFacts { paid_sats, block: block.map(|b| b.place) })
+            }
             TxAnswer::Found { block, outputs } => {
                 // Output values were checked to sum within u64 when the answer was read.
                 let paid_sats = outputs
@@ -81,7 +108,16 @@ impl TxAnswer {
     pub fn block(&self) -> Option<BlockPlace> {
         match self {
             TxAnswer::Found { block, .. } => *block,
+            TxAnswer::Proven { block, .. } => block.map(|b| b.place),
             TxAnswer::NotFound => None,
+        }
+    }
+
+    /// Headers proven from the payment's block up, under `verify: spv`.
+    pub fn proven_depth(&self) -> Option<u32> {
+        match self {
+            TxAnswer::Proven { block: Some(b), .. } => Some(b.depth),
+            _ => None,
         }
     }
 }
@@ -96,6 +132,12 @@ pub enum ExplorerError {
     Malformed(String),
     /// A valid answer about a different transaction.
     WrongTxid(String),
+    /// `verify: spv`: the explorer's proof does not verify (what failed).
+    ProofInvalid(String),
+    /// `verify: spv`: another explorer reports another block hash at the height used.
+    Disagreement(String),
+    /// `verify: spv`: the quorum explorers do not have the block at the height used yet.
+    QuorumBehind,
 }
 
 impl fmt::Display for ExplorerError {
@@ -106,6 +148,9 @@ impl fmt::Display for ExplorerError {
             ExplorerError::TooLarge(n) => write!(f, "body of {n} bytes is over the {MAX_BODY_BYTES}-byte limit"),
             ExplorerError::Malformed(why) => write!(f, "malformed body: {why}"),
             ExplorerError::WrongTxid(t) => write!(f, "answer is about another transaction ({t})"),
+            ExplorerError::ProofInvalid(why) => write!(f, "proof does not verify: {why}"),
+            ExplorerError::Disagreement(what) => write!(f, "explorers disagree: {what}"),
+            ExplorerError::QuorumBehind => f.write_str("the other explorers do not have that block yet"),
         }
     }
 }
@@ -122,7 +167,7 @@ fn check_status_and_size(status: u16, body_len: usize) -> Result<(), ExplorerErr
 
 /// Reads the answer to `GET /tx/:txid` for a payee with the addresses `pay_to`.
 pub fn parse_tx(status: u16, body: &[u8], asked: &Txid, pay_to: &[String]) -> Result<TxLookup, ExplorerError> {
-    parse_tx_outputs(status, body, asked).map(|answer| answer.for_payee(pay_to))
+    parse_tx_outputs(status, body, asked).map(|answer| answer.for_payee(pay_to, &[]))
 }
 
 /// Reads the answer to `GET /tx/:txid`, keeping every output that pays an address.

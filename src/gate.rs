@@ -143,6 +143,9 @@ pub enum Stored {
     Elsewhere,
     /// A payment with no slot it could take: both hold payments that still count something.
     Full,
+    /// `verify: spv`: a payment cached as confirmed is now unconfirmed or unknown (its block
+    /// left the best chain); the record now says so.
+    Reorged,
 }
 
 /// Side effects the glue reports as metrics.
@@ -165,6 +168,8 @@ pub struct Gate {
     lowest_price: u64,
     /// Per-client addresses this worker derived, by path (derivation is two point operations).
     addresses: std::cell::RefCell<std::collections::HashMap<(u32, u32), String>>,
+    /// scriptPubKeys of `pay_to`, what a proven (`verify: spv`) answer's outputs are matched by.
+    pay_to_scripts: Vec<Vec<u8>>,
 }
 
 /// Derived addresses each worker keeps (about 100 bytes each).
@@ -194,6 +199,9 @@ impl Gate {
         };
         let memo = LocalMemo::new(slots.min(MEMO_CAPACITY));
         let lowest_price = config.lowest_price();
+        // The addresses were checked in `Config::from_json`, so each has a script.
+        let pay_to_scripts =
+            config.pay_to.iter().filter_map(|a| crate::address::script_pubkey(a, config.network).ok()).collect();
         Gate {
             config,
             scopes,
@@ -204,6 +212,7 @@ impl Gate {
             memo,
             lowest_price,
             addresses: std::cell::RefCell::new(std::collections::HashMap::new()),
+            pay_to_scripts,
         }
     }
 
@@ -275,6 +284,40 @@ impl Gate {
             Some(p) => std::borrow::Cow::Owned(vec![p.address.clone()]),
             None => std::borrow::Cow::Borrowed(&self.config.pay_to),
         }
+    }
+
+    /// The scriptPubKeys a payee's outputs are summed over under `verify: spv`.
+    fn payee_scripts<'a>(&'a self, payee: Option<&'a ClientAddress>) -> std::borrow::Cow<'a, [Vec<u8>]> {
+        match payee {
+            Some(p) => std::borrow::Cow::Owned(
+                crate::address::script_pubkey(&p.address, self.config.network).ok().into_iter().collect(),
+            ),
+            None => std::borrow::Cow::Borrowed(&self.pay_to_scripts),
+        }
+    }
+
+    fn judged_for(&self, answer: &TxAnswer, payee: Option<&ClientAddress>) -> TxLookup {
+        answer.for_payee(&self.payee_addresses(payee), &self.payee_scripts(payee))
+    }
+
+    /// Under `verify: spv` a confirmed record counts only the depth it was proven to: the "tip"
+    /// is the top of its proven headers, never an explorer's word. From the cache, a payment
+    /// short of a route's depth is answered 402 for `cache.tip_ttl` after it was verified, then
+    /// verified again (and a block that left the best chain is noticed then).
+    fn proven(&self, record: &PaymentRecord, known: Known, now_ms: u64) -> Known {
+        if self.config.spv().is_none() {
+            return known;
+        }
+        let tip = match record.state {
+            PaymentState::Confirmed { block, .. } if record.proven_depth > 0 => {
+                Some(block.height.saturating_add(record.proven_depth).saturating_sub(1))
+            }
+            _ => None,
+        };
+        // A confirmed record without a proven depth (never written under spv) is asked again.
+        let unproven = matches!(record.state, PaymentState::Confirmed { .. }) && tip.is_none();
+        let tip_fresh = !unproven && (!known.from_cache || self.tip_read_recently(record.stored_ms, now_ms));
+        Known { tip, tip_fresh, from_cache: known.from_cache }
     }
 
     /// First look at a request: free, refused, answered from the cache, or needs the explorer.
@@ -408,8 +451,13 @@ impl Gate {
         };
         match found {
             Some((in_payments, (slot, record))) if record.is_fresh(facts.now_ms) => {
-                let tip = self.memo.tip(&self.tips, store, record.explorer, facts.now_ms);
-                let tip_fresh = tip.is_some_and(|(_, at)| self.tip_read_recently(at, facts.now_ms));
+                let (tip, tip_fresh) = if self.config.spv().is_some() {
+                    // Proven records carry their own depth; explorers' tips are not read.
+                    (None, self.tip_read_recently(record.stored_ms, facts.now_ms))
+                } else {
+                    let tip = self.memo.tip(&self.tips, store, record.explorer, facts.now_ms);
+                    (tip, tip.is_some_and(|(_, at)| self.tip_read_recently(at, facts.now_ms)))
+                };
                 // A mempool answer holds only until a new block may have taken the payment.
                 if let PaymentState::Unconfirmed { seen_at_tip, .. } = record.state {
                     if !tip_fresh || tip.is_some_and(|(height, _)| height > seen_at_tip) {
@@ -417,6 +465,7 @@ impl Gate {
                     }
                 }
                 let known = Known { tip: tip.map(|(h, _)| h), tip_fresh, from_cache: true };
+                let known = self.proven(&record, known, facts.now_ms);
                 let slot = in_payments.then_some(slot);
                 self.judge(store, ticket, slot, &record, known, facts.now_ms)
             }
@@ -458,7 +507,8 @@ impl Gate {
             self.record_tip(store, explorer, height, now_ms);
         }
         let ttl = |d: std::time::Duration| now_ms.saturating_add(millis(d)).max(1);
-        let judged = result.tx.as_ref().map(|answer| answer.for_payee(&self.payee_addresses(payee)));
+        let judged = result.tx.as_ref().map(|answer| self.judged_for(answer, payee));
+        let proven_depth = result.tx.as_ref().ok().and_then(TxAnswer::proven_depth).map_or(0, u64::from);
         let (state, expires) = match &judged {
             Ok(TxLookup::NotFound) => (PaymentState::NotFound, ttl(self.config.cache.not_found_ttl)),
             Ok(TxLookup::Found(facts)) => match facts.block {
@@ -475,6 +525,19 @@ impl Gate {
             Err(_) => return Stored::Elsewhere,
         };
         let raw = Self::record_key(txid, payee);
+        if self.config.spv().is_some() && !matches!(state, PaymentState::Confirmed { .. }) {
+            // A payment proven confirmed before and now unconfirmed or unknown: its block left
+            // the best chain. The record says so from now on (keeping what it counted).
+            if let Some((_, old)) = self.payments.find(store, &raw) {
+                if matches!(old.state, PaymentState::Confirmed { .. }) {
+                    let _ = self.payments.put(store, &raw, state, expires, explorer as u64, now_ms);
+                    // This worker's copy goes too; other workers' copies serve routes the
+                    // proven depth satisfied until they check it again (README, trust model).
+                    self.memo.forget_payment(&raw);
+                    return Stored::Reorged;
+                }
+            }
+        }
         let paid = match state {
             PaymentState::Confirmed { paid_sats, .. } | PaymentState::Unconfirmed { paid_sats, .. } => paid_sats,
             PaymentState::NotFound => 0,
@@ -482,10 +545,10 @@ impl Gate {
         if paid < self.lowest_price {
             // Buys nothing anywhere: a negative answer, kept apart from real payments.
             let expires = expires.max(ttl(self.config.cache.not_found_ttl));
-            let _ = self.negatives.put(store, &raw, state, expires, explorer as u64, now_ms);
+            let _ = self.negatives.put_proven(store, &raw, state, expires, (explorer as u64, proven_depth), now_ms);
             return Stored::Elsewhere;
         }
-        match self.payments.put(store, &raw, state, expires, explorer as u64, now_ms) {
+        match self.payments.put_proven(store, &raw, state, expires, (explorer as u64, proven_depth), now_ms) {
             Ok(slot) => Stored::Payment(slot),
             Err(PutError::Full) => Stored::Full,
             Err(PutError::Store(_)) => Stored::Elsewhere,
@@ -501,10 +564,21 @@ impl Gate {
         stored: Stored,
         now_ms: u64,
     ) -> (Verdict, Effects) {
-        let judged = result.tx.as_ref().map(|answer| answer.for_payee(&self.payee_addresses(ticket.payee.as_ref())));
+        if stored == Stored::Reorged {
+            return reject(Rejection::PaymentReorged, ticket.policy);
+        }
+        let judged = result.tx.as_ref().map(|answer| self.judged_for(answer, ticket.payee.as_ref()));
         let facts = match judged {
             // The transaction, not the explorer, is the problem: no strike, no 503.
             Err(ExplorerError::TooLarge(_)) => return reject(Rejection::TxTooLarge, ticket.policy),
+            // Evidence of a lying or broken explorer: never an unverified pass (failure_mode open
+            // covers silence only), never a strike against the client.
+            Err(ExplorerError::ProofInvalid(_)) => return reject(Rejection::ProofInvalid, ticket.policy),
+            Err(ExplorerError::Disagreement(_)) => return reject(Rejection::ExplorerDisagreement, ticket.policy),
+            Err(ExplorerError::QuorumBehind) => {
+                let required = ticket.policy.min_confirmations;
+                return reject(Rejection::InsufficientConfirmations { confirmations: 0, required }, ticket.policy);
+            }
             Err(_) => return self.explorer_failed(store, &ticket, now_ms),
             Ok(TxLookup::NotFound) => return self.refuse(store, ticket, Rejection::TxNotFound, now_ms),
             Ok(TxLookup::Found(facts)) => facts,
@@ -521,11 +595,14 @@ impl Gate {
         let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         if let Stored::Payment(slot) = stored {
             if let Some(record) = self.payments.at(store, slot, &raw) {
+                let known = self.proven(&record, known, now_ms);
                 return self.judge(store, ticket, Some(slot), &record, known, now_ms);
             }
         }
         // Not stored (negative, or no room): answer from the result itself, counting nothing.
-        let record = PaymentRecord::new(raw, state_of(&facts), 0, now_ms);
+        let mut record = PaymentRecord::new(raw, state_of(&facts), 0, now_ms);
+        record.proven_depth = result.tx.as_ref().ok().and_then(TxAnswer::proven_depth).map_or(0, u64::from);
+        let known = self.proven(&record, known, now_ms);
         let (verdict, mut effects) = self.judge(store, ticket, None, &record, known, now_ms);
         if stored != Stored::Full {
             return (verdict, effects);
@@ -1027,5 +1104,122 @@ mod tests {
             "forwarded_for_untrusted",
             "no identity: its address would be"
         );
+    }
+
+    fn proven(paid: u64, height: Option<u64>, depth: u32) -> LookupResult {
+        let script = crate::address::script_pubkey(PAY_TO, crate::address::Network::Regtest).unwrap();
+        let block = height.map(|height| crate::esplora::ProvenBlock {
+            place: BlockPlace { height, time: NOW_MS / 1000 - 60 },
+            depth,
+        });
+        let outputs = vec![(script, paid), (vec![0x51], 5)];
+        LookupResult { tx: Ok(TxAnswer::Proven { block, outputs }), tip: None, explorer: 0 }
+    }
+
+    #[test]
+    fn spv_counts_only_the_proven_depth_and_notices_a_reorg() {
+        let (gate, store) = gate(json!({
+            "verify": "spv", "cache": {"tip_ttl": "5s"},
+            "routes": [{"prefix": "/deep", "min_confirmations": 3}]
+        }));
+        let (first, _) = verify(&gate, &store, &[], &proven(1000, Some(100), 1));
+        assert!(
+            matches!(first, Verdict::Allow { receipt: Receipt { paid_sats: 1000, confirmations: 1 }, .. }),
+            "{first:?}"
+        );
+        // An explorer's tip far above changes nothing: only proven headers count.
+        gate.record_tip(&store, 0, 500, NOW_MS);
+        let deep = |now_ms: u64| {
+            let facts = RequestFacts {
+                path: "/deep",
+                headers: &[],
+                principal: None,
+                source_address: None,
+                source_trusted: true,
+                claims: &[],
+                now_ms,
+            };
+            gate.admit(&store, &facts, &[TXID.as_bytes()]).0
+        };
+        assert!(matches!(admit(&gate, &store, "/api", &[], &[TXID]).0, Verdict::Allow { from_cache: true, .. }));
+        let short = deep(NOW_MS + 1_000);
+        assert!(
+            matches!(
+                &short,
+                Verdict::Reject {
+                    rejection: Rejection::InsufficientConfirmations { confirmations: 1, required: 3 },
+                    ..
+                }
+            ),
+            "{short:?}"
+        );
+        // After tip_ttl the short payment is verified again...
+        let ticket = ticket_of(deep(NOW_MS + 5_000));
+        // ...and its block has left the chain: the explorer no longer knows the transaction.
+        let gone = LookupResult { tx: Ok(TxAnswer::NotFound), tip: None, explorer: 0 };
+        let stored = gate.remember(&store, &ticket.txid, None, &gone, NOW_MS + 5_000);
+        assert_eq!(stored, Stored::Reorged);
+        assert_eq!(code(&gate.resolve(&store, ticket, &gone, stored, NOW_MS + 5_000).0), "payment_reorged");
+        assert_eq!(
+            code(&admit(&gate, &store, "/api", &[], &[TXID]).0),
+            "tx_not_found",
+            "no longer allowed from the cache"
+        );
+        // Proven three deep: /deep passes.
+        let (gate, store) =
+            self::gate(json!({"verify": "spv", "routes": [{"prefix": "/deep", "min_confirmations": 3}]}));
+        let ticket = ticket_of(admit(&gate, &store, "/deep", &[], &[TXID]).0);
+        let result = proven(1000, Some(100), 3);
+        let stored = gate.remember(&store, &ticket.txid, None, &result, NOW_MS);
+        assert!(matches!(gate.resolve(&store, ticket, &result, stored, NOW_MS).0, Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn spv_failures_are_refusals_not_unverified_passes() {
+        let (gate, store) = gate(json!({
+            "verify": "spv", "failure_mode": "open", "fail_open": {"acknowledged": true}
+        }));
+        let failed = |error: ExplorerError| LookupResult { tx: Err(error), tip: None, explorer: 0 };
+        let code_of = |error: ExplorerError| code(&verify(&gate, &store, &[], &failed(error)).0);
+        assert_eq!(code_of(ExplorerError::ProofInvalid("x".into())), "proof_invalid");
+        assert_eq!(code_of(ExplorerError::Disagreement("x".into())), "explorer_disagreement");
+        assert_eq!(code_of(ExplorerError::QuorumBehind), "insufficient_confirmations");
+        assert_eq!(verify(&gate, &store, &[], &failed(ExplorerError::NoResponse)).0, Verdict::AllowUnverified);
+        // Outputs are matched by script: 999 sats to us is not enough, whatever else it pays; and
+        // the cached negative answer says so again (never an unverified pass).
+        assert_eq!(code(&verify(&gate, &store, &[], &proven(999, Some(100), 1)).0), "insufficient_payment");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[], &[TXID]).0), "insufficient_payment");
+        // A mempool transaction under spv: insufficient confirmations, as in explorer mode.
+        let (gate, store) = self::gate(json!({"verify": "spv"}));
+        assert_eq!(code(&verify(&gate, &store, &[], &proven(1000, None, 0)).0), "insufficient_confirmations");
+    }
+
+    #[test]
+    fn spv_sums_each_clients_own_script_from_the_raw_transaction() {
+        let (gate, store) = gate(json!({
+            "verify": "spv",
+            "pay_to": {"xpub": regtest_tpub(), "script": "p2wpkh", "branch": 0},
+            "bind_to": "header:x-api-key"
+        }));
+        let alice = address_of(&gate, "alice");
+        let script = crate::address::script_pubkey(&alice.address, crate::address::Network::Regtest).unwrap();
+        let block =
+            Some(crate::esplora::ProvenBlock { place: BlockPlace { height: 100, time: NOW_MS / 1000 - 60 }, depth: 1 });
+        let result =
+            LookupResult { tx: Ok(TxAnswer::Proven { block, outputs: vec![(script, 1000)] }), tip: None, explorer: 0 };
+        let (thief, _) = verify(&gate, &store, &[("x-api-key", "bob")], &result);
+        assert_eq!(code(&thief), "insufficient_payment");
+        let (paid, _) = verify(&gate, &store, &[("x-api-key", "alice")], &result);
+        assert!(
+            matches!(paid, Verdict::Allow { receipt: Receipt { paid_sats: 1000, confirmations: 1 }, .. }),
+            "{paid:?}"
+        );
+        // max_age is judged by the proven header's time.
+        let (gate, store) = self::gate(json!({"verify": "spv"}));
+        let mut expired = proven(1000, Some(100), 1);
+        if let Ok(TxAnswer::Proven { block: Some(block), .. }) = &mut expired.tx {
+            block.place.time = NOW_MS / 1000 - 90_000;
+        }
+        assert_eq!(code(&verify(&gate, &store, &[], &expired).0), "payment_expired");
     }
 }

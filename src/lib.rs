@@ -26,6 +26,7 @@ pub mod record;
 pub mod rejection;
 pub mod scope;
 pub mod spv;
+pub mod spv_lookup;
 pub mod store;
 pub mod txid;
 pub mod xpub;

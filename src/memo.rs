@@ -43,6 +43,13 @@ impl LocalMemo {
         }
     }
 
+    /// Drops this worker's copy of a payment whose shared record changed (a reorg).
+    pub fn forget_payment(&self, txid: &[u8; 32]) {
+        if let Ok(mut map) = self.payments.try_borrow_mut() {
+            map.remove(txid);
+        }
+    }
+
     /// `explorer`'s shared tip as (height, read-at ms), from this worker's copy when it is recent.
     pub fn tip(&self, tips: &Tips, store: &dyn SharedStore, explorer: u64, now_ms: u64) -> Option<(u64, u64)> {
         let index = usize::try_from(explorer).unwrap_or(usize::MAX);

@@ -23,6 +23,11 @@ pub enum Counter {
     LedgerFull,
     /// Requests refused an unverified pass because the client used up its fail-open allowance.
     FailOpenLimited,
+    /// `verify: spv`: an explorer served a proof that did not verify (counted per proof, also
+    /// when another explorer then verified the payment).
+    InvalidProofs,
+    /// `verify: spv`: verifications whose headers all came from the worker's header cache.
+    HeaderCacheHits,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -45,10 +50,13 @@ pub enum RejectionKind {
     IdentityRequired,
     LedgerFull,
     ForwardedForUntrusted,
+    ProofInvalid,
+    ExplorerDisagreement,
+    PaymentReorged,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 29] = [
+    pub const ALL: [Counter; 34] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -72,12 +80,17 @@ impl Counter {
         Counter::Rejected(RejectionKind::IdentityRequired),
         Counter::Rejected(RejectionKind::LedgerFull),
         Counter::Rejected(RejectionKind::ForwardedForUntrusted),
+        Counter::Rejected(RejectionKind::ProofInvalid),
+        Counter::Rejected(RejectionKind::ExplorerDisagreement),
+        Counter::Rejected(RejectionKind::PaymentReorged),
         Counter::ExplorerCalls,
         Counter::ExplorerErrors,
         Counter::NonCanonicalPaths,
         Counter::Preflights,
         Counter::LedgerFull,
         Counter::FailOpenLimited,
+        Counter::InvalidProofs,
+        Counter::HeaderCacheHits,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +119,9 @@ impl Counter {
                 RejectionKind::IdentityRequired => "txgate_rejected_identity_required",
                 RejectionKind::LedgerFull => "txgate_rejected_ledger_full",
                 RejectionKind::ForwardedForUntrusted => "txgate_rejected_forwarded_for_untrusted",
+                RejectionKind::ProofInvalid => "txgate_rejected_proof_invalid",
+                RejectionKind::ExplorerDisagreement => "txgate_rejected_explorer_disagreement",
+                RejectionKind::PaymentReorged => "txgate_rejected_payment_reorged",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
             Counter::ExplorerErrors => "txgate_explorer_errors",
@@ -113,6 +129,8 @@ impl Counter {
             Counter::Preflights => "txgate_requests_preflight",
             Counter::LedgerFull => "txgate_ledger_full",
             Counter::FailOpenLimited => "txgate_failed_open_limited",
+            Counter::InvalidProofs => "txgate_spv_invalid_proofs",
+            Counter::HeaderCacheHits => "txgate_spv_header_cache_hits",
         }
     }
 
@@ -142,6 +160,9 @@ impl Rejection {
             Rejection::IdentityRequired { .. } => RejectionKind::IdentityRequired,
             Rejection::LedgerFull => RejectionKind::LedgerFull,
             Rejection::ForwardedForUntrusted => RejectionKind::ForwardedForUntrusted,
+            Rejection::ProofInvalid => RejectionKind::ProofInvalid,
+            Rejection::ExplorerDisagreement => RejectionKind::ExplorerDisagreement,
+            Rejection::PaymentReorged => RejectionKind::PaymentReorged,
         })
     }
 }
@@ -170,6 +191,9 @@ mod tests {
             Rejection::IdentityRequired { identity: "header:x-api-key".into() },
             Rejection::LedgerFull,
             Rejection::ForwardedForUntrusted,
+            Rejection::ProofInvalid,
+            Rejection::ExplorerDisagreement,
+            Rejection::PaymentReorged,
         ];
         for r in rejections {
             assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));

@@ -50,6 +50,12 @@ pub enum Rejection {
     LedgerFull,
     /// The request carries X-Forwarded-For on a listener that takes it as the source address.
     ForwardedForUntrusted,
+    /// `verify: spv`: every explorer asked served a proof that does not verify.
+    ProofInvalid,
+    /// `verify: spv`: explorers disagree on the block hash at the height the proof reaches.
+    ExplorerDisagreement,
+    /// `verify: spv`: a payment seen confirmed before is no longer in the best chain.
+    PaymentReorged,
 }
 
 const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
@@ -78,6 +84,9 @@ impl Rejection {
             Rejection::IdentityRequired { .. } => "identity_required",
             Rejection::LedgerFull => "ledger_full",
             Rejection::ForwardedForUntrusted => "forwarded_for_untrusted",
+            Rejection::ProofInvalid => "proof_invalid",
+            Rejection::ExplorerDisagreement => "explorer_disagreement",
+            Rejection::PaymentReorged => "payment_reorged",
         }
     }
 
@@ -85,7 +94,11 @@ impl Rejection {
         match self {
             Rejection::InvalidTxid | Rejection::InvalidPath | Rejection::ForwardedForUntrusted => 400,
             Rejection::IdentityRequired { .. } => 401,
-            Rejection::ExplorerUnavailable | Rejection::VerificationBusy | Rejection::LedgerFull => 503,
+            Rejection::ExplorerUnavailable
+            | Rejection::VerificationBusy
+            | Rejection::LedgerFull
+            | Rejection::ProofInvalid
+            | Rejection::ExplorerDisagreement => 503,
             Rejection::ClientBanned { .. } => 429,
             Rejection::Internal => 500,
             _ => 402,
@@ -120,6 +133,9 @@ impl Rejection {
             }
             Rejection::LedgerFull => "The payment gate is tracking as many payments as it can hold; retry shortly.".to_string(),
             Rejection::ForwardedForUntrusted => "This listener cannot trust X-Forwarded-For (its Envoy does not set use_remote_address); send the request without it.".to_string(),
+            Rejection::ProofInvalid => "The block explorers' proof of this payment did not verify; retry shortly.".to_string(),
+            Rejection::ExplorerDisagreement => "The block explorers disagree about the chain this payment is in; retry shortly.".to_string(),
+            Rejection::PaymentReorged => "This payment's block is no longer in the best chain; wait for it to confirm again or make a new payment.".to_string(),
         }
     }
 
@@ -162,7 +178,9 @@ impl Rejection {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![("cache-control", "no-store".to_string())];
         let retry_after = match self {
-            Rejection::ExplorerUnavailable => Some(u64::from(EXPLORER_RETRY_AFTER_SECS)),
+            Rejection::ExplorerUnavailable | Rejection::ProofInvalid | Rejection::ExplorerDisagreement => {
+                Some(u64::from(EXPLORER_RETRY_AFTER_SECS))
+            }
             Rejection::VerificationBusy => Some(1),
             Rejection::LedgerFull => Some(5),
             Rejection::ClientBanned { retry_after_secs } => Some(*retry_after_secs),

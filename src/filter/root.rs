@@ -18,6 +18,7 @@ use crate::duration::millis;
 use crate::esplora::{self, ExplorerError, TxAnswer, MAX_BODY_BYTES};
 use crate::gate::{Gate, LookupResult, Stored};
 use crate::metrics::Counter;
+use crate::spv_lookup::{Env, Fetch, Next, Outcome, SpvLookup};
 use crate::txid::Txid;
 
 /// The tick only starts dispatches, so it runs as soon as the host allows and only while
@@ -95,6 +96,181 @@ impl FilterRoot {
                 v.calls.insert(token, Call::Tx { txid, explorer });
             }
             None => done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: from })),
+        }
+    }
+
+    /// Starts (or, after a failure, moves on with) a `verify: spv` lookup at the first usable
+    /// explorer from `from` on; `last` is what the lookup ends with when none is left.
+    fn start_spv(
+        &self,
+        gate: &Gate,
+        v: &mut Verifier,
+        txid: Txid,
+        (from, last): (usize, ExplorerError),
+        now_ms: u64,
+        done: &mut Finished,
+    ) {
+        let next =
+            if from == 0 { first_explorer(&v.breakers, now_ms) } else { next_explorer(&v.breakers, from, now_ms) };
+        let depth = v
+            .lookups
+            .get(&txid)
+            .and_then(|l| l.waiters.iter().map(|(_, t)| t.policy.min_confirmations).max())
+            .unwrap_or(1);
+        let lookup = next.and_then(|explorer| SpvLookup::new(txid.as_str(), explorer, depth));
+        let Some(mut spv) = lookup else {
+            done.push((txid, LookupResult { tx: Err(last), tip: None, explorer: from }));
+            return;
+        };
+        let first = spv.start();
+        match v.lookups.get_mut(&txid) {
+            Some(l) => l.spv = Some(spv),
+            None => return,
+        }
+        self.spv_drive(gate, v, &txid, first, now_ms, done);
+    }
+
+    /// Hands one answer to the lookup's state machine.
+    fn spv_feed(
+        gate: &Gate,
+        v: &mut Verifier,
+        txid: &Txid,
+        (explorer, fetch): (usize, Fetch),
+        answer: Result<(u16, Vec<u8>), ExplorerError>,
+        now_ms: u64,
+    ) -> Next {
+        let Some(spv_config) = gate.config.spv() else { return Next::Wait };
+        let Some(answering) = v.lookups.get(txid).and_then(|l| l.spv.as_ref()).map(|s| s.explorer) else {
+            return Next::Wait;
+        };
+        let others: Vec<usize> = (0..gate.config.explorers.len())
+            .filter(|e| *e != answering && v.breakers.get(*e).is_some_and(|b| !b.is_open(now_ms)))
+            .collect();
+        let Some(spv) = v.lookups.get_mut(txid).and_then(|l| l.spv.as_mut()) else { return Next::Wait };
+        let mut env =
+            Env { floor: &spv_config.floor, quorum: spv_config.quorum, others: &others, headers: &mut v.headers };
+        spv.on_answer(explorer, fetch, answer, &mut env)
+    }
+
+    /// Makes the calls the state machine asks for, until it waits or is done.
+    fn spv_drive(&self, gate: &Gate, v: &mut Verifier, txid: &Txid, mut next: Next, now_ms: u64, done: &mut Finished) {
+        loop {
+            let requests = match next {
+                Next::Wait => return,
+                Next::Done(outcome) => return self.spv_done(gate, v, txid, outcome, now_ms, done),
+                Next::Dispatch(requests) => requests,
+            };
+            let Some(answering) = v.lookups.get(txid).and_then(|l| l.spv.as_ref()).map(|s| s.explorer) else {
+                return;
+            };
+            let timeout = Self::deadline_at(gate, v, txid).map_or(gate.config.timeout, |end| {
+                gate.config.timeout.min(Duration::from_millis(end.saturating_sub(now_ms).max(1)))
+            });
+            let mut failed = Vec::new();
+            for r in requests {
+                self.count(Counter::ExplorerCalls);
+                match Self::dispatch(gate, r.explorer, &r.fetch.path(txid.as_str()), timeout) {
+                    Ok(token) => {
+                        let call = Call::Spv { txid: txid.clone(), answering, explorer: r.explorer, fetch: r.fetch };
+                        v.calls.insert(token, call);
+                    }
+                    Err(error) => {
+                        self.count(Counter::ExplorerErrors);
+                        self.explorer_failed(gate, v, r.explorer, now_ms);
+                        failed.push((r, error));
+                    }
+                }
+            }
+            next = Next::Wait;
+            let mut more = Vec::new();
+            for (r, error) in failed {
+                match Self::spv_feed(gate, v, txid, (r.explorer, r.fetch), Err(error), now_ms) {
+                    Next::Wait => {}
+                    Next::Dispatch(requests) => more.extend(requests),
+                    finished @ Next::Done(_) => {
+                        next = finished;
+                        break;
+                    }
+                }
+            }
+            if matches!(next, Next::Wait) && !more.is_empty() {
+                next = Next::Dispatch(more);
+            }
+        }
+    }
+
+    /// A `verify: spv` lookup's outcome: an answer, or a failure that moves to the next explorer.
+    fn spv_done(&self, gate: &Gate, v: &mut Verifier, txid: &Txid, outcome: Outcome, now_ms: u64, done: &mut Finished) {
+        let Some(spv) = v.lookups.get_mut(txid).and_then(|l| l.spv.take()) else { return };
+        let answering = spv.explorer;
+        let name = |e: usize| gate.config.explorers.get(e).map_or("", |x| x.cluster.as_str());
+        let failover = |error: ExplorerError, done: &mut Finished, v: &mut Verifier| {
+            let next = answering.saturating_add(1);
+            if next < gate.config.explorers.len() && Self::within_deadline(gate, v, txid, now_ms) {
+                self.start_spv(gate, v, txid.clone(), (next, error), now_ms, done);
+            } else {
+                done.push((txid.clone(), LookupResult { tx: Err(error), tip: None, explorer: answering }));
+            }
+        };
+        match outcome {
+            Outcome::Answer(tx) => {
+                if let Some(b) = v.breakers.get_mut(answering) {
+                    b.success();
+                }
+                if spv.headers_cached {
+                    self.count(Counter::HeaderCacheHits);
+                }
+                log::info!(
+                    "txgate: {txid} checked by proof of work with explorer {} in {} call(s){}",
+                    name(answering),
+                    spv.calls,
+                    if spv.headers_cached { ", headers from the cache" } else { "" }
+                );
+                done.push((txid.clone(), LookupResult { tx: Ok(tx), tip: None, explorer: answering }));
+            }
+            Outcome::ExplorerFailed(error) => {
+                log::warn!("txgate: explorer {} answer for {txid} unusable: {error}", name(answering));
+                if !matches!(error, ExplorerError::TooLarge(_)) {
+                    self.count(Counter::ExplorerErrors);
+                    self.explorer_failed(gate, v, answering, now_ms);
+                }
+                failover(error, done, v);
+            }
+            Outcome::ProofInvalid(why) => {
+                log::warn!(
+                    "txgate: explorer {} served a proof for {txid} that does not verify: {why}",
+                    name(answering)
+                );
+                self.count(Counter::InvalidProofs);
+                self.explorer_failed(gate, v, answering, now_ms);
+                failover(ExplorerError::ProofInvalid(why), done, v);
+            }
+            Outcome::QuorumUnavailable => {
+                log::warn!("txgate: no second explorer answered for {txid}; payment not admitted");
+                done.push((
+                    txid.clone(),
+                    LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: answering },
+                ));
+            }
+            Outcome::Disagreement { explorer, height, ours, theirs } => {
+                let what = format!(
+                    "block {height}: explorer {} has {ours}, explorer {} has {theirs}",
+                    name(answering),
+                    name(explorer)
+                );
+                log::warn!("txgate: explorers disagree for {txid}: {what}; payment not admitted");
+                done.push((
+                    txid.clone(),
+                    LookupResult { tx: Err(ExplorerError::Disagreement(what)), tip: None, explorer: answering },
+                ));
+            }
+            Outcome::QuorumBehind { explorer, height } => {
+                log::info!("txgate: explorer {} has no block {height} yet for {txid}", name(explorer));
+                done.push((
+                    txid.clone(),
+                    LookupResult { tx: Err(ExplorerError::QuorumBehind), tip: None, explorer: answering },
+                ));
+            }
         }
     }
 
@@ -297,6 +473,22 @@ impl Context for FilterRoot {
                     let parsed = answer.and_then(|(s, b)| esplora::parse_tip_height(s, &b));
                     self.on_tip_answer(&gate, &mut v, explorer, parsed, now_ms, &mut done);
                 }
+                Some(Call::Spv { txid, answering, explorer, fetch }) => {
+                    let current = v.lookups.get(&txid).and_then(|l| l.spv.as_ref()).map(|s| s.explorer);
+                    if current == Some(answering) {
+                        if matches!(fetch, Fetch::BlockHeight(_)) {
+                            // A quorum explorer that does not answer counts against its breaker.
+                            if answer.as_ref().map_or(true, |(status, _)| *status >= 500) {
+                                self.count(Counter::ExplorerErrors);
+                                self.explorer_failed(&gate, &mut v, explorer, now_ms);
+                            } else if let Some(b) = v.breakers.get_mut(explorer) {
+                                b.success();
+                            }
+                        }
+                        let next = Self::spv_feed(&gate, &mut v, &txid, (explorer, fetch), answer, now_ms);
+                        self.spv_drive(&gate, &mut v, &txid, next, now_ms, &mut done);
+                    }
+                }
                 None => return,
             }
         }
@@ -353,15 +545,22 @@ impl RootContext for FilterRoot {
         {
             let Ok(mut v) = self.verifier.try_borrow_mut() else { return };
             let pending = std::mem::take(&mut v.pending);
-            // Read the tip alongside, from the explorer the lookups will ask first, so a
-            // confirmed payment does not wait a second round trip.
-            if let Some(first) = first_explorer(&v.breakers, now_ms) {
-                if !pending.is_empty() && gate.tip_needed(&HostStore, first, None, now_ms) {
-                    self.dispatch_tip(&gate, &mut v, first, now_ms, &mut done);
+            if gate.config.spv().is_some() {
+                // Proven depth needs no explorer's tip.
+                for txid in pending {
+                    self.start_spv(&gate, &mut v, txid, (0, ExplorerError::NoResponse), now_ms, &mut done);
                 }
-            }
-            for txid in pending {
-                self.dispatch_tx(&gate, &mut v, txid, 0, now_ms, &mut done);
+            } else {
+                // Read the tip alongside, from the explorer the lookups will ask first, so a
+                // confirmed payment does not wait a second round trip.
+                if let Some(first) = first_explorer(&v.breakers, now_ms) {
+                    if !pending.is_empty() && gate.tip_needed(&HostStore, first, None, now_ms) {
+                        self.dispatch_tip(&gate, &mut v, first, now_ms, &mut done);
+                    }
+                }
+                for txid in pending {
+                    self.dispatch_tx(&gate, &mut v, txid, 0, now_ms, &mut done);
+                }
             }
             v.tick_armed = false;
         }

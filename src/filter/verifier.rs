@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use crate::breaker::Breaker;
 use crate::esplora::{ExplorerError, TxAnswer};
 use crate::gate::{Gate, Ticket};
+use crate::spv_lookup::{Fetch, HeaderCache, SpvLookup};
 use crate::txid::Txid;
 
 pub struct Lookup {
@@ -20,6 +21,8 @@ pub struct Lookup {
     pub tx: Option<(Result<TxAnswer, ExplorerError>, usize)>,
     /// Who started it, for the per-client in-flight count.
     pub client_key: u64,
+    /// `verify: spv`: the verification under way at one explorer.
+    pub spv: Option<SpvLookup>,
 }
 
 /// Requests that may wait on one lookup; more are turned away (each holds a buffered body).
@@ -29,8 +32,20 @@ const WAITERS_PER_INFLIGHT: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Tx { txid: Txid, explorer: usize },
-    Tip { explorer: usize },
+    Tx {
+        txid: Txid,
+        explorer: usize,
+    },
+    Tip {
+        explorer: usize,
+    },
+    /// One call of a `verify: spv` lookup started at explorer `answering`.
+    Spv {
+        txid: Txid,
+        answering: usize,
+        explorer: usize,
+        fetch: Fetch,
+    },
 }
 
 #[derive(Default)]
@@ -45,6 +60,8 @@ pub struct Verifier {
     pub breakers: Vec<Breaker>,
     /// Requests waiting on any lookup of this worker.
     pub waiting: usize,
+    /// `verify: spv`: headers this worker verified, by hash.
+    pub headers: HeaderCache,
 }
 
 pub enum Enqueued {
@@ -76,8 +93,10 @@ impl Verifier {
         self.pending.push(ticket.txid.clone());
         let txid = ticket.txid.clone();
         let client_key = ticket.client_key;
-        self.lookups
-            .insert(txid, Lookup { waiters: vec![(context_id, ticket)], started_ms: now_ms, tx: None, client_key });
+        self.lookups.insert(
+            txid,
+            Lookup { waiters: vec![(context_id, ticket)], started_ms: now_ms, tx: None, client_key, spv: None },
+        );
         self.waiting = self.waiting.saturating_add(1);
         Enqueued::Started
     }

@@ -12,7 +12,7 @@ pub mod target;
 pub mod tx;
 
 #[cfg(test)]
-mod vectors;
+pub(crate) mod vectors;
 
 pub use hash::{decode_hex_body, dsha256, Hash256, HexError};
 pub use header::{check_chain, headers_at, parse_blocks_json, BlocksError, ChainError, Header, HeaderError};
