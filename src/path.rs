@@ -9,6 +9,7 @@
 //! start with `/`. For matching routes the `;` parameters of each segment are dropped as well,
 //! since servlet-style backends ignore them (`/premium;x/a` is served as `/premium/a`).
 
+use std::borrow::Cow;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +89,30 @@ fn decode(raw: &[u8]) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether a path is already canonical: only characters that stay as they are, no repeated
+/// slash and no `.` or `..` segment. Most requests are, and they need no copy.
+fn already_canonical(raw: &[u8]) -> bool {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,=:@".contains(b);
+    raw.first() == Some(&b'/')
+        && raw.iter().all(plain)
+        && !raw.windows(2).any(|w| w == b"//")
+        && raw.split(|b| *b == b'/').all(|segment| segment != b"." && segment != b"..")
+}
+
 /// The canonical path of a request target (`:path`), or why it has none.
-pub fn canonicalize(target: &[u8]) -> Result<String, PathError> {
+pub fn canonicalize(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
     let end = target.iter().position(|b| *b == b'?' || *b == b'#').unwrap_or(target.len());
     let raw = target.get(..end).unwrap_or(target);
+    if already_canonical(raw) {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return Ok(Cow::Borrowed(text));
+        }
+    }
+    rewrite(raw).map(Cow::Owned)
+}
+
+/// The canonical form of a path that is not already canonical.
+fn rewrite(raw: &[u8]) -> Result<String, PathError> {
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
@@ -151,9 +172,9 @@ fn without_parameters(segment: &str) -> &str {
 
 /// The form routes are matched against: each segment without its parameters, and a segment
 /// that was nothing but parameters merged away, as a backend that drops parameters serves it.
-pub fn matching_form(canonical: &str) -> std::borrow::Cow<'_, str> {
+pub fn matching_form(canonical: &str) -> Cow<'_, str> {
     if !canonical.contains(';') && !canonical.contains("%3B") {
-        return std::borrow::Cow::Borrowed(canonical);
+        return Cow::Borrowed(canonical);
     }
     let mut out = String::with_capacity(canonical.len());
     let segments: Vec<&str> = canonical.split('/').skip(1).collect();
@@ -170,7 +191,7 @@ pub fn matching_form(canonical: &str) -> std::borrow::Cow<'_, str> {
     if out.is_empty() {
         out.push('/');
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// Whether `prefix` covers `path` on segment boundaries: `/free` covers `/free` and `/free/…`,
@@ -198,7 +219,7 @@ mod tests {
     use super::*;
 
     fn canon(p: &str) -> Result<String, PathError> {
-        canonicalize(p.as_bytes())
+        canonicalize(p.as_bytes()).map(Cow::into_owned)
     }
 
     #[test]
@@ -271,6 +292,32 @@ mod tests {
         assert_eq!(canon("/100%25").unwrap(), "/100%25");
         assert_eq!(canon("/").unwrap(), "/");
         assert_eq!(canon("///").unwrap(), "/");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_rewrite() {
+        for p in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.c/~d",
+            "/a:b@c",
+            "/.well-known/x",
+            "/a..b",
+            "/...",
+            "/a/./b",
+            "/a//b",
+            "/a/..",
+            "/%41",
+        ] {
+            let fast = already_canonical(p.as_bytes());
+            assert!(!fast || rewrite(p.as_bytes()).as_deref() == Ok(p), "{p}: fast path would differ");
+            assert_eq!(canon(p), rewrite(p.as_bytes()), "{p}");
+        }
+        assert!(
+            already_canonical(b"/api/data") && matches!(canonicalize(b"/api/data?q=1"), Ok(Cow::Borrowed("/api/data")))
+        );
+        assert!(!already_canonical(b"/a/./b") && !already_canonical(b"//a") && !already_canonical(b"/a;b"));
     }
 
     #[test]

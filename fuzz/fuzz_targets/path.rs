@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!canonical.contains("//"), "{canonical}");
         assert!(!canonical.contains('\\'));
         assert!(!canonical.split('/').any(|s| s == "." || s == ".."), "{canonical}");
-        assert_eq!(canonicalize(canonical.as_bytes()).as_deref(), Ok(canonical.as_str()));
+        assert_eq!(canonicalize(canonical.as_bytes()).as_deref(), Ok(&*canonical));
         let _ = matching_form(&canonical);
     }
 });
