@@ -17,6 +17,7 @@ WASM_MAX_BYTES := 561152
 export TXGATE_ENVOY := $(abspath $(ENVOY))
 export TXGATE_WASM := $(abspath $(WASM))
 export TXGATE_DEVNET_DIR := $(abspath $(DEVNET_DIR))
+export TXGATE_GUARD := $(abspath target/debug/txgate-guard)
 
 .PHONY: help tools wasm devnet build lint unit e2e validate size test run clean
 
@@ -40,13 +41,24 @@ $(ENVOY):
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl curl; }
 	mkdir -p .tools && touch $@
 
-tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp
+# The node guard (guard/): clang + libbpf headers build its XDP program; iproute2 and util-linux
+# (setpriv) run its namespace test; fail2ban-regex checks the fail2ban filter; apparmor_parser and
+# makepkg check the packaging.
+.tools/guard.stamp:
+	@command -v clang >/dev/null && test -f /usr/include/bpf/bpf_helpers.h && command -v fail2ban-regex >/dev/null \
+	  && command -v apparmor_parser >/dev/null && command -v makepkg >/dev/null && command -v bsdtar >/dev/null \
+	  && command -v ip >/dev/null && command -v setpriv >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev \
+	  iproute2 util-linux fail2ban apparmor pacman-package-manager makepkg libarchive-tools; }
+	mkdir -p .tools && touch $@
+
+tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp .tools/guard.stamp
 
 wasm: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) -p txgate --lib
 
 devnet:
-	cargo build -p devnet -p txgate-admin --bins
+	cargo build -p devnet -p txgate-admin -p txgate-guard --bins
 
 build: wasm devnet
 
@@ -59,18 +71,21 @@ size: wasm
 TEST_CODE_ALLOWS := -A clippy::unwrap_used -A clippy::expect_used -A clippy::panic \
   -A clippy::indexing_slicing -A clippy::arithmetic_side_effects
 
-lint: .tools/rust.stamp
+lint: .tools/rust.stamp .tools/guard.stamp
 	cargo fmt --all --check
 	cargo clippy --target $(WASM_TARGET) -p txgate --lib -- -D warnings
 	cargo clippy -p txgate --lib -- -D warnings
 	cargo clippy -p txgate --all-targets -- -D warnings $(TEST_CODE_ALLOWS)
 	cargo clippy -p devnet --all-targets -- -D warnings
 	cargo clippy -p txgate-admin --all-targets -- -D warnings
+	cargo clippy -p txgate-guard -- -D warnings
+	cargo clippy -p txgate-guard --all-targets -- -D warnings $(TEST_CODE_ALLOWS)
 
-unit:
+unit: .tools/guard.stamp
 	cargo test -p txgate --lib
 	cargo test -p devnet
 	cargo test -p txgate-admin
+	cargo test -p txgate-guard
 
 validate: $(ENVOY) wasm
 	@for f in envoy/*.yaml; do echo "envoy --mode validate $$f"; \
