@@ -19,7 +19,7 @@ export TXGATE_WASM := $(abspath $(WASM))
 export TXGATE_DEVNET_DIR := $(abspath $(DEVNET_DIR))
 export TXGATE_GUARD := $(abspath target/debug/txgate-guard)
 
-.PHONY: help tools wasm devnet build lint unit e2e validate size test run clean
+.PHONY: help tools wasm devnet build lint unit e2e validate size test run clean guard-package-check
 
 help:
 	@echo "make run    build, start the explorer, demo API and Envoy with txgate, print curl examples"
@@ -94,8 +94,12 @@ validate: $(ENVOY) wasm
 e2e: tools build
 	cargo test -p txgate --test '*' -- --test-threads 2
 
-test: tools lint unit size validate deploy-check e2e
+test: tools lint unit size validate deploy-check guard-package-check e2e
 	@echo "make test: all checks passed"
+
+# The guard's packaging (guard/packaging/check.sh): apparmor_parser, makepkg --printsrcinfo, shellcheck.
+guard-package-check: .tools/guard.stamp
+	guard/packaging/check.sh
 
 run: tools build
 	./scripts/run-local.sh

@@ -108,11 +108,16 @@ impl Client {
         let host = if self.server.contains(':') { format!("[{}]", self.server) } else { self.server.to_string() };
         let url = format!("http://{host}:{PORT}{path}");
         let header = txid.map(|t| format!("x-bitcoin-txid: {t}")).unwrap_or_else(|| "x-none: 1".into());
-        let out = run(&mut in_ns(&self.ns, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "1.5", "-H", &header, &url]));
+        let out = run(&mut in_ns(
+            &self.ns,
+            &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "1.5", "-H", &header, &url],
+        ));
         match out.status.code() {
             Some(0) => Some(String::from_utf8_lossy(&out.stdout).trim().parse().expect("status")),
             Some(28) => None,
-            other => panic!("curl {url} from {} failed ({other:?}): {}", self.addr, String::from_utf8_lossy(&out.stderr)),
+            other => {
+                panic!("curl {url} from {} failed ({other:?}): {}", self.addr, String::from_utf8_lossy(&out.stderr))
+            }
         }
     }
 }
@@ -362,13 +367,19 @@ impl Bed {
             log,
         );
         let mut agent = agent;
-        let started = wait_until(20, || agent.log().contains("txgate-guard: ready") || agent.child.try_wait().ok().flatten().is_some());
+        let started = wait_until(20, || {
+            agent.log().contains("txgate-guard: ready") || agent.child.try_wait().ok().flatten().is_some()
+        });
         let text = agent.log();
         if text.contains("XDP refused by the kernel") {
             eprintln!("SKIPPED: the kernel refuses XDP here, so the node guard cannot be tested:\n{text}");
             return false;
         }
-        assert!(started && text.contains("txgate-guard: ready"), "agent did not start ({}):\n{text}", guard_bin().display());
+        assert!(
+            started && text.contains("txgate-guard: ready"),
+            "agent did not start ({}):\n{text}",
+            guard_bin().display()
+        );
         self.agent = Some(agent);
         true
     }
@@ -396,7 +407,12 @@ impl Bed {
         let (status, body) = self.agent("GET", "/v1/bans", None);
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).expect("json");
-        v["bans"].as_array().expect("bans").iter().map(|b| b["address"].as_str().expect("address").to_string()).collect()
+        v["bans"]
+            .as_array()
+            .expect("bans")
+            .iter()
+            .map(|b| b["address"].as_str().expect("address").to_string())
+            .collect()
     }
 
     fn agent_metric(&self, name: &str) -> u64 {
@@ -409,7 +425,8 @@ impl Bed {
 
     fn envoy_stat(&self, name: &str) -> u64 {
         let s = format!("{}-s", self.prefix);
-        let out = run(&mut in_ns(&s, &["curl", "-s", "-m", "2", &format!("http://127.0.0.1:9901/stats?filter={name}$")]));
+        let out =
+            run(&mut in_ns(&s, &["curl", "-s", "-m", "2", &format!("http://127.0.0.1:9901/stats?filter={name}$")]));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.lines()
             .find_map(|l| {
@@ -506,7 +523,11 @@ fn the_agent_keeps_bans_across_restarts_refuses_protected_addresses_and_the_filt
     assert!(bed.bpffs.join("txgate/bans4").exists() && bed.bpffs.join("txgate/bans6").exists(), "maps pinned");
     assert_eq!(bed.c1.get("/free", None), Some(200), "with the agent stopped, XDP is detached");
     assert!(bed.start_agent());
-    assert!(bed.agent.as_ref().expect("agent").log().contains("2 ban(s) kept"), "{}", bed.agent.as_ref().expect("agent").log());
+    assert!(
+        bed.agent.as_ref().expect("agent").log().contains("2 ban(s) kept"),
+        "{}",
+        bed.agent.as_ref().expect("agent").log()
+    );
     assert!(bed.banned().contains(&"192.0.2.1".to_string()), "the ban survived the restart");
     assert_eq!(bed.c1.get("/free", None), None, "dropped again after the restart");
     assert!(bed.agent_metric("txgate_guard_dropped_packets_total") >= 1);
@@ -549,4 +570,47 @@ fn the_agent_keeps_bans_across_restarts_refuses_protected_addresses_and_the_filt
     let out = run(Command::new("fail2ban-regex").arg("-v").arg(bed.dir.path().join("one.log")).arg(&filter));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("192.0.2.1"), "the banned host is the client: {text}");
+}
+
+/// Not a check: the figures for the README (`cargo test -p txgate --test guard flood -- --ignored
+/// --nocapture`, as root). Envoy answering 429 itself (wrk from the banned client, keep-alive and
+/// one connection per request) against the kernel dropping a UDP flood to the protected port
+/// from the same client (a Python sender, as fast as one core sends).
+#[test]
+#[ignore]
+fn flood_measurement() {
+    let Some(mut bed) = Bed::start('m', "300s") else { return };
+    bed.get_banned(&bed.c1);
+    // Without the agent (XDP detached, re-posts failing) every request reaches Envoy.
+    bed.agent.as_mut().expect("agent").stop();
+    let wrk = |extra: &[&str]| {
+        let mut args = vec!["wrk", "-t2", "-c32", "-d5s"];
+        args.extend_from_slice(extra);
+        args.push("http://192.0.2.2:8080/paid");
+        let out = run(&mut in_ns(&bed.c1.ns, &args));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).unwrap_or("?").trim().to_string();
+        let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
+        (rps, non2xx)
+    };
+    let keepalive = wrk(&[]);
+    let close = wrk(&["-H", "Connection: close"]);
+    let c429 = bed.envoy_stat("txgate_rejected_client_banned");
+    assert!(bed.start_agent());
+    let ban = json!({"address": "192.0.2.1", "ttl_secs": 300});
+    assert_eq!(bed.agent("POST", "/v1/bans", Some(&ban)).0, 200);
+    let before = bed.agent_metric("txgate_guard_dropped_packets_total");
+    let script = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nb=b'x'*64\nn=0\nend=time.time()+5\nwhile time.time()<end:\n  for _ in range(1000):\n    s.sendto(b,('192.0.2.2',8080))\n  n+=1000\nprint(n)";
+    let out = run(&mut in_ns(&bed.c1.ns, &["python3", "-c", script]));
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let dropped = bed.agent_metric("txgate_guard_dropped_packets_total") - before;
+    eprintln!(
+        "FLOOD: Envoy answering 429 itself: {} req/s keep-alive ({}), {} req/s one connection per request ({}); \
+         {c429} client_banned replies in all.\nFLOOD: kernel: {sent} UDP datagrams sent in 5 s, {dropped} dropped in XDP ({} per second).",
+        keepalive.0,
+        keepalive.1,
+        close.0,
+        close.1,
+        dropped / 5
+    );
 }
