@@ -12,6 +12,7 @@ use crate::address::{normalise_address, Network};
 use crate::discount::{discounted, Condition, Discount};
 use crate::duration::parse_duration;
 use crate::grant::Grant;
+use crate::guard::{GuardConfig, MAX_BAN_TTL};
 use crate::identity::IdentitySource;
 use crate::path::{canonicalize, prefix_covers, prefix_covers_ignoring_case};
 use crate::penalty::PenaltyConfig;
@@ -52,6 +53,8 @@ struct RawConfig {
     verify: Option<String>,
     quorum: Option<u32>,
     spv_floor_bits: Option<String>,
+    /// Read by hand (`validate_guard`): a derived struct costs the wasm about 2 KB.
+    guard: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +220,8 @@ pub struct Config {
     pub max_inflight_per_client: usize,
     /// How a payment is established: on the explorers' word, or by proof of work.
     pub verify: Verify,
+    /// Bans of source addresses posted to the node guard (`txgate-guard`).
+    pub guard: Option<GuardConfig>,
 }
 
 /// `verify`: what an explorer's answer must carry before a payment counts.
@@ -379,6 +384,7 @@ impl Config {
         if matches!(verify, Verify::Spv(_)) {
             validate_spv_routes(&default_policy, &routes)?;
         }
+        let guard = raw.guard.map(|g| validate_guard(g, penalty.as_ref())).transpose()?;
         let config = Config {
             header,
             network,
@@ -399,6 +405,7 @@ impl Config {
             breaker,
             max_inflight_per_client,
             verify,
+            guard,
         };
         if config.pay_to_xpub.is_some() && config.bind_to.is_none() {
             return refuse(
@@ -547,6 +554,36 @@ fn validate_penalty(raw: RawPenalty) -> Result<PenaltyConfig, ConfigError> {
     }
     let source_factor = raw.source_factor.unwrap_or(4);
     Ok(PenaltyConfig { identity, max_strikes, source_factor, find_time, ban_time, slots, prefix: String::new() })
+}
+
+/// The node guard bans addresses: only a penalty box that judges clients by theirs may feed it.
+fn validate_guard(raw: serde_json::Value, penalty: Option<&PenaltyConfig>) -> Result<GuardConfig, ConfigError> {
+    let Some(penalty) = penalty.filter(|p| p.identity == IdentitySource::SourceAddress) else {
+        return refuse("guard", "needs penalty with identity source_address: the guard bans source addresses");
+    };
+    let Some(fields) = raw.as_object() else { return refuse("guard", "must be an object") };
+    if let Some(unknown) = fields.keys().find(|k| *k != "cluster" && *k != "ban_ttl") {
+        return refuse("guard", format!("unknown field `{unknown}`, expected `cluster` or `ban_ttl`"));
+    }
+    let text = |name: &str| match fields.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or(()),
+    };
+    let Ok(Some(cluster)) = text("cluster") else {
+        return refuse("guard.cluster", "must name the Envoy cluster of the guard's Unix socket");
+    };
+    if cluster.trim().is_empty() {
+        return refuse("guard.cluster", "must name the Envoy cluster of the guard's Unix socket");
+    }
+    let Ok(ban_ttl) = text("ban_ttl") else { return refuse("guard.ban_ttl", "must be a duration such as \"10m\"") };
+    let ban_ttl = match ban_ttl {
+        Some(text) => validate_duration(&text, "guard.ban_ttl")?,
+        None => penalty.ban_time.min(MAX_BAN_TTL),
+    };
+    if ban_ttl.as_secs() == 0 || ban_ttl > MAX_BAN_TTL {
+        return refuse("guard.ban_ttl", "must be between 1s and 168h");
+    }
+    Ok(GuardConfig { cluster, ban_ttl })
 }
 
 fn validate_discounts(raw: Vec<RawDiscount>, penalty_on: bool) -> Result<Vec<Discount>, ConfigError> {
@@ -1134,5 +1171,42 @@ mod tests {
         v["spv_floor_bits"] = json!("2000ffff");
         assert_eq!(parse(&v).unwrap().spv().map(|s| s.floor_bits), Some(0x2000_ffff));
         assert!(parse(&with("min_confirmations", json!(0))).is_ok());
+    }
+    #[test]
+    fn guard_needs_a_source_address_penalty_box_and_a_cluster() {
+        let penalty = json!({"ban_time": "2m"});
+        let mut v = with("penalty", penalty.clone());
+        v["guard"] = json!({"cluster": "txgate_guard"});
+        let guard = parse(&v).unwrap().guard.unwrap();
+        assert_eq!((guard.cluster.as_str(), guard.ban_ttl), ("txgate_guard", Duration::from_secs(120)));
+        v["guard"] = json!({"cluster": "txgate_guard", "ban_ttl": "30s"});
+        assert_eq!(parse(&v).unwrap().guard.unwrap().ban_ttl, Duration::from_secs(30));
+        assert_eq!(parse(&minimal()).unwrap().guard, None);
+        let refused = |v: &Value, field: &str| {
+            let err = parse(v).unwrap_err();
+            assert_eq!(err.field, field, "{v}: {err}");
+        };
+        refused(&with("guard", json!({"cluster": "g"})), "guard");
+        let mut header_box = with("penalty", json!({"identity": "header:x-api-key"}));
+        header_box["guard"] = json!({"cluster": "g"});
+        refused(&header_box, "guard");
+        for (bad, field) in [
+            (json!({}), "guard.cluster"),
+            (json!({"cluster": " "}), "guard.cluster"),
+            (json!({"cluster": "g", "ban_ttl": "0s"}), "guard.ban_ttl"),
+            (json!({"cluster": "g", "ban_ttl": "169h"}), "guard.ban_ttl"),
+            (json!({"cluster": "g", "ban_ttl": "soon"}), "guard.ban_ttl"),
+        ] {
+            v["guard"] = bad;
+            refused(&v, field);
+        }
+        v["guard"] = json!({"cluster": "g", "ban_ttl": 30});
+        refused(&v, "guard.ban_ttl");
+        v["guard"] = json!({"cluster": 5});
+        refused(&v, "guard.cluster");
+        v["guard"] = json!("txgate_guard");
+        refused(&v, "guard");
+        v["guard"] = json!({"cluster": "g", "timeout": "1s"});
+        refused(&v, "guard");
     }
 }

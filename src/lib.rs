@@ -16,6 +16,7 @@ pub mod duration;
 pub mod esplora;
 pub mod gate;
 pub mod grant;
+pub mod guard;
 pub mod identity;
 pub mod memo;
 pub mod metrics;

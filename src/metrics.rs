@@ -28,6 +28,10 @@ pub enum Counter {
     InvalidProofs,
     /// `verify: spv`: verifications whose headers all came from the worker's header cache.
     HeaderCacheHits,
+    /// Bans posted to the node guard (`guard`), first posts and re-posts.
+    GuardPosts,
+    /// Posts to the node guard that could not be sent or were not accepted.
+    GuardErrors,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -56,7 +60,7 @@ pub enum RejectionKind {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 36] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -91,6 +95,8 @@ impl Counter {
         Counter::FailOpenLimited,
         Counter::InvalidProofs,
         Counter::HeaderCacheHits,
+        Counter::GuardPosts,
+        Counter::GuardErrors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +137,8 @@ impl Counter {
             Counter::FailOpenLimited => "txgate_failed_open_limited",
             Counter::InvalidProofs => "txgate_spv_invalid_proofs",
             Counter::HeaderCacheHits => "txgate_spv_header_cache_hits",
+            Counter::GuardPosts => "txgate_guard_posts",
+            Counter::GuardErrors => "txgate_guard_errors",
         }
     }
 

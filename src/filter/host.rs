@@ -138,7 +138,9 @@ pub fn send_rejection(
     metrics.count(rejection.counter());
     let body = rejection.body(&gate.config, policy, payee);
     let extra = rejection.headers();
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    // The code in a header, for access logs (fail2ban): Envoy logs no details for a Wasm local reply.
+    let mut headers: Vec<(&str, &str)> =
+        vec![("content-type", "application/json"), ("x-txgate-error", rejection.code())];
     headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
     if let Err(status) = hostcalls::send_http_response(rejection.status(), headers, Some(body.as_bytes())) {
         log::error!("#{context_id} txgate: sending the {} reply failed: {status:?}", rejection.code());

@@ -9,7 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::host::{self, HostStore, Metrics};
-use super::root::arm_tick;
+use super::root::{arm_tick, queue_guard_post};
 use super::verifier::{Enqueued, Verifier};
 use crate::config::AccessRef;
 use crate::discount::Condition;
@@ -153,6 +153,22 @@ impl PaymentCheck {
         };
         let (verdict, effects) = gate.admit(&HostStore, &facts, &txids);
         host::count_effects(&self.metrics, effects);
+        if let (Some(_), Some(source)) = (&config.guard, source_address.as_deref()) {
+            // A banned client that reached L7 was not dropped in the kernel: posted again.
+            let left = match &verdict {
+                Verdict::Reject { rejection: Rejection::ClientBanned { retry_after_secs }, .. } => {
+                    Some(*retry_after_secs)
+                }
+                _ => None,
+            };
+            if let Ok(mut v) = self.verifier.try_borrow_mut() {
+                match left {
+                    Some(left) if v.guard_reposts.due(source, now_ms) => queue_guard_post(&mut v, gate, source, left),
+                    None if effects.banned => queue_guard_post(&mut v, gate, source, u64::MAX),
+                    _ => {}
+                }
+            }
+        }
         let mut ticket = match verdict {
             Verdict::Lookup(ticket) => ticket,
             Verdict::Reject { rejection, policy } => {

@@ -33,7 +33,11 @@ pub struct FilterRoot {
     gate: Option<Rc<Gate>>,
     metrics: Option<Rc<Metrics>>,
     verifier: Rc<RefCell<Verifier>>,
+    /// Tokens of the posts to the node guard under way.
+    guard_calls: Vec<u32>,
 }
+
+const GUARD_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// `<branch>/<hi>/<lo>` of a per-client address.
 type DerivationPath = (u32, u32, u32);
@@ -424,6 +428,12 @@ impl FilterRoot {
                 if hostcalls::set_effective_context(context_id).is_err() {
                     continue;
                 }
+                if let (true, Some(_)) = (effects.banned, &gate.config.guard) {
+                    let source = host::property(&["source", "address"]);
+                    if let (Some(source), Ok(mut v)) = (source, self.verifier.try_borrow_mut()) {
+                        queue_guard_post(&mut v, gate, &source, u64::MAX);
+                    }
+                }
                 host::carry_out_paused(context_id, gate, metrics, &verdict, payee.as_ref());
             }
         }
@@ -455,6 +465,16 @@ fn read_callout(num_headers: usize, body_size: usize) -> Result<(u16, Vec<u8>), 
 
 impl Context for FilterRoot {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(i) = self.guard_calls.iter().position(|t| *t == token_id) {
+            self.guard_calls.swap_remove(i);
+            let status = host::header_bytes(MapType::HttpCallResponseHeaders, ":status");
+            if status.as_deref() != Some(b"200".as_slice()) {
+                self.count(Counter::GuardErrors);
+                let status = status.and_then(|s| String::from_utf8(s).ok()).unwrap_or_default();
+                log::warn!("txgate: the node guard did not take a ban: status {status}");
+            }
+            return;
+        }
         let Some(gate) = self.gate.clone() else { return };
         let now_ms = host::now_unix_ms();
         let answer = read_callout(num_headers, body_size);
@@ -542,9 +562,11 @@ impl RootContext for FilterRoot {
         let Some(gate) = self.gate.clone() else { return };
         let now_ms = host::now_unix_ms();
         let mut done = Finished::new();
+        let posts;
         {
             let Ok(mut v) = self.verifier.try_borrow_mut() else { return };
             let pending = std::mem::take(&mut v.pending);
+            posts = std::mem::take(&mut v.guard_posts);
             if gate.config.spv().is_some() {
                 // Proven depth needs no explorer's tip.
                 for txid in pending {
@@ -564,6 +586,9 @@ impl RootContext for FilterRoot {
             }
             v.tick_armed = false;
         }
+        for (address, ttl) in posts {
+            self.post_ban(&gate, &address, ttl);
+        }
         if let Err(status) = hostcalls::set_tick_period(Duration::ZERO) {
             log::warn!("txgate: stopping the tick failed: {status:?}");
         }
@@ -578,6 +603,43 @@ impl RootContext for FilterRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+impl FilterRoot {
+    /// Posts a ban to the node guard; a failure is counted and logged, never waited for.
+    fn post_ban(&mut self, gate: &Gate, address: &str, ttl: u64) {
+        let Some(guard) = &gate.config.guard else { return };
+        let body = crate::guard::ban_body(address, ttl, "client_banned");
+        let headers = vec![
+            (":method", "POST"),
+            (":path", "/v1/bans"),
+            (":authority", "txgate-guard"),
+            ("content-type", "application/json"),
+        ];
+        self.count(Counter::GuardPosts);
+        match hostcalls::dispatch_http_call(&guard.cluster, headers, Some(body.as_bytes()), vec![], GUARD_TIMEOUT) {
+            Ok(token) => {
+                self.guard_calls.push(token);
+                log::info!("txgate: ban of {address} for {ttl}s sent to the node guard");
+            }
+            Err(status) => {
+                self.count(Counter::GuardErrors);
+                log::warn!("txgate: cannot call the node guard's cluster {:?}: {status:?}", guard.cluster);
+            }
+        }
+    }
+}
+
+/// Queues a ban of `source` (Envoy's `source.address`) for the root's next tick; `l7_secs` is
+/// what is left of the L7 ban (`u64::MAX` for a new one: the penalty box's `ban_time`).
+pub fn queue_guard_post(v: &mut Verifier, gate: &Gate, source: &str, l7_secs: u64) {
+    let (Some(guard), Some(address)) = (&gate.config.guard, crate::guard::ban_address(source)) else { return };
+    let left = gate.config.penalty.as_ref().map_or(l7_secs, |p| l7_secs.min(p.ban_time.as_secs()));
+    let ttl = crate::guard::ttl_secs(guard, left);
+    if !v.guard_posts.iter().any(|(a, _)| *a == address) {
+        v.guard_posts.push((address, ttl));
+    }
+    let _ = arm_tick(v);
 }
 
 /// Arms the root's tick from a request context (the host applies it to the root context).

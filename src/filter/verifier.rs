@@ -62,6 +62,9 @@ pub struct Verifier {
     pub waiting: usize,
     /// `verify: spv`: headers this worker verified, by hash.
     pub headers: HeaderCache,
+    /// Bans (address, seconds) the root posts to the node guard on its next tick.
+    pub guard_posts: Vec<(String, u64)>,
+    pub guard_reposts: crate::guard::Reposts,
 }
 
 pub enum Enqueued {
