@@ -298,3 +298,23 @@ fn a_payment_whose_block_left_the_chain_is_refused() {
     assert_ne!(stack.paid_get("/api/data", &txid).status, 200);
     assert_eq!(stack.backend_seen().len(), 1);
 }
+
+#[test]
+fn with_a_quorum_of_one_cached_headers_finish_the_proof_at_once() {
+    // One explorer's word (quorum 1): once a block's headers are cached, a second payment in it
+    // needs only its transaction and proof, and no answer is left to wait for.
+    let stack = Stack::start_with(StackOptions {
+        plugin: json!({"verify": "spv", "quorum": 1, "timeout": "1s", "deadline": "2s"}),
+        ..StackOptions::default()
+    });
+    let first = stack.pay(1000);
+    let second = stack.pay(1000);
+    stack.mine(1);
+    assert_eq!(stack.paid_get("/api/a", &first).status, 200);
+    stack.reset_explorer_stats(0);
+    let reply = stack.paid_get("/api/b", &second);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let want = map(&[(format!("/api/tx/{second}/hex"), 1), (format!("/api/tx/{second}/merkle-proof"), 1)]);
+    assert_eq!(calls(&stack, 0), want, "headers came from the cache");
+    assert_eq!(stack.stat("txgate_spv_header_cache_hits"), 1);
+}

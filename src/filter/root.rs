@@ -25,6 +25,13 @@ use crate::txid::Txid;
 /// lookups are pending.
 const DISPATCH_TICK: Duration = Duration::from_millis(1);
 
+/// While lookups are under way the tick also runs this often, to end any lookup that outlived
+/// its deadline: a waiter must never hang until the client's own timeout, holding a slot.
+const SWEEP_TICK: Duration = Duration::from_millis(500);
+
+/// Grace past the deadline before a lookup is ended (its last call has the deadline as timeout).
+const SWEEP_GRACE_MS: u64 = 1_000;
+
 /// Below this much time left of the deadline, another explorer could not answer anyway.
 const MIN_FAILOVER_BUDGET_MS: u64 = 100;
 
@@ -563,6 +570,7 @@ impl RootContext for FilterRoot {
         let now_ms = host::now_unix_ms();
         let mut done = Finished::new();
         let posts;
+        let sweep;
         {
             let Ok(mut v) = self.verifier.try_borrow_mut() else { return };
             let pending = std::mem::take(&mut v.pending);
@@ -585,12 +593,25 @@ impl RootContext for FilterRoot {
                 }
             }
             v.tick_armed = false;
+            let limit = millis(gate.config.deadline).saturating_add(SWEEP_GRACE_MS);
+            let overdue: Vec<Txid> = v
+                .lookups
+                .iter()
+                .filter(|(_, l)| now_ms >= l.started_ms.saturating_add(limit))
+                .map(|(txid, _)| txid.clone())
+                .collect();
+            for txid in overdue {
+                log::warn!("txgate: lookup of {txid} outlived its deadline; its requests get 503");
+                done.push((txid, LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: 0 }));
+            }
+            sweep = !v.lookups.is_empty();
         }
         for (address, ttl) in posts {
             self.post_ban(&gate, &address, ttl);
         }
-        if let Err(status) = hostcalls::set_tick_period(Duration::ZERO) {
-            log::warn!("txgate: stopping the tick failed: {status:?}");
+        let period = if sweep { SWEEP_TICK } else { Duration::ZERO };
+        if let Err(status) = hostcalls::set_tick_period(period) {
+            log::warn!("txgate: setting the tick failed: {status:?}");
         }
         self.finish(&gate, done);
     }
