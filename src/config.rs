@@ -13,6 +13,7 @@ use crate::discount::{discounted, Condition, Discount};
 use crate::duration::parse_duration;
 use crate::grant::Grant;
 use crate::identity::IdentitySource;
+use crate::ledger::config::LedgerConfig;
 use crate::path::{canonicalize, prefix_covers, prefix_covers_ignoring_case};
 use crate::penalty::PenaltyConfig;
 use crate::xpub::{ExtendedPublicKey, ScriptKind};
@@ -46,6 +47,7 @@ struct RawConfig {
     circuit_breaker: Option<RawBreaker>,
     fail_open: Option<RawFailOpen>,
     max_inflight_per_client: Option<u32>,
+    ledger: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +211,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Explorer lookups in flight per client on one worker.
     pub max_inflight_per_client: usize,
+    /// Grants and bindings kept mesh-wide on etcd (see `ledger`); `None`: per Envoy.
+    pub ledger: Option<LedgerConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,7 +319,18 @@ impl Config {
         let failure_mode = validate_failure_mode(raw.failure_mode.as_deref(), raw.fail_open)?;
         let routes = validate_routes(raw.routes.unwrap_or_default(), &default_policy)?;
         let cache = validate_cache(raw.cache)?;
-        let grant = validate_grant(raw.grant)?;
+        let grant_given = raw.grant.is_some();
+        let mut grant = validate_grant(raw.grant)?;
+        let ledger = raw.ledger.map(crate::ledger::config::validate).transpose()?;
+        if ledger.as_ref().is_some_and(|l| l.consume_once) {
+            if grant_given {
+                return refuse(
+                    "ledger.consume",
+                    "\"once\" buys one request per payment: remove grant, or use consume \"grant\"",
+                );
+            }
+            grant = Grant { requests: Some(1), window: None };
+        }
         let bind_to = raw.bind_to.map(|text| validate_identity(&text, "bind_to")).transpose()?;
         let penalty = raw.penalty.map(validate_penalty).transpose()?;
         let max_inflight = match raw.max_inflight.unwrap_or(64) {
@@ -351,6 +366,7 @@ impl Config {
             deadline,
             breaker,
             max_inflight_per_client,
+            ledger,
         };
         if config.pay_to_xpub.is_some() && config.bind_to.is_none() {
             return refuse(
@@ -362,6 +378,23 @@ impl Config {
             // A counted or bound payment can only leave the fixed-size cache once no route can
             // accept it; with no max_age it never could, and the cache would fill for good.
             return refuse("max_age", "grant and bind_to need a max_age on every route (0s keeps payments forever)");
+        }
+        if let Some(ledger) = &config.ledger {
+            if config.grant.is_unlimited() && config.bind_to.is_none() {
+                return refuse(
+                    "ledger",
+                    "has nothing to keep: set grant, bind_to or ledger.consume \"once\" (payments that buy unlimited requests need no ledger)",
+                );
+            }
+            if config.longest_max_age().is_none() {
+                return refuse(
+                    "max_age",
+                    "must be more than 0s on every paid route with the ledger: its keys live on leases tied to max_age, and a payment whose keys expired could be spent again",
+                );
+            }
+            if ledger.failure_mode == crate::ledger::config::LedgerFailureMode::Local && ledger.consume_once {
+                return refuse("ledger.failure_mode", "\"local\" would let one payment buy a request on every Envoy: use \"closed\" with consume \"once\"");
+            }
         }
         Ok(config)
     }

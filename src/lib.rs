@@ -17,6 +17,7 @@ pub mod esplora;
 pub mod gate;
 pub mod grant;
 pub mod identity;
+pub mod ledger;
 pub mod memo;
 pub mod metrics;
 pub mod path;
