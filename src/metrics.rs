@@ -23,6 +23,14 @@ pub enum Counter {
     LedgerFull,
     /// Requests refused an unverified pass because the client used up its fail-open allowance.
     FailOpenLimited,
+    /// Transactions sent to the ledger (etcd), including lease grants and retries.
+    LedgerCalls,
+    /// Ledger calls that failed (no answer, error status, unreadable reply).
+    LedgerErrors,
+    /// Blocks of requests the ledger granted to this Envoy.
+    LedgerBlocks,
+    /// Requests counted by this Envoy alone because the ledger was unreachable (failure_mode local).
+    LedgerFallbacks,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -45,10 +53,11 @@ pub enum RejectionKind {
     IdentityRequired,
     LedgerFull,
     ForwardedForUntrusted,
+    LedgerUnavailable,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 29] = [
+    pub const ALL: [Counter; 34] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -78,6 +87,11 @@ impl Counter {
         Counter::Preflights,
         Counter::LedgerFull,
         Counter::FailOpenLimited,
+        Counter::LedgerCalls,
+        Counter::LedgerErrors,
+        Counter::LedgerBlocks,
+        Counter::LedgerFallbacks,
+        Counter::Rejected(RejectionKind::LedgerUnavailable),
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +120,7 @@ impl Counter {
                 RejectionKind::IdentityRequired => "txgate_rejected_identity_required",
                 RejectionKind::LedgerFull => "txgate_rejected_ledger_full",
                 RejectionKind::ForwardedForUntrusted => "txgate_rejected_forwarded_for_untrusted",
+                RejectionKind::LedgerUnavailable => "txgate_rejected_ledger_unavailable",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
             Counter::ExplorerErrors => "txgate_explorer_errors",
@@ -113,6 +128,10 @@ impl Counter {
             Counter::Preflights => "txgate_requests_preflight",
             Counter::LedgerFull => "txgate_ledger_full",
             Counter::FailOpenLimited => "txgate_failed_open_limited",
+            Counter::LedgerCalls => "txgate_ledger_calls",
+            Counter::LedgerErrors => "txgate_ledger_errors",
+            Counter::LedgerBlocks => "txgate_ledger_blocks",
+            Counter::LedgerFallbacks => "txgate_ledger_fallbacks",
         }
     }
 
@@ -142,6 +161,7 @@ impl Rejection {
             Rejection::IdentityRequired { .. } => RejectionKind::IdentityRequired,
             Rejection::LedgerFull => RejectionKind::LedgerFull,
             Rejection::ForwardedForUntrusted => RejectionKind::ForwardedForUntrusted,
+            Rejection::LedgerUnavailable => RejectionKind::LedgerUnavailable,
         })
     }
 }
@@ -170,6 +190,7 @@ mod tests {
             Rejection::IdentityRequired { identity: "header:x-api-key".into() },
             Rejection::LedgerFull,
             Rejection::ForwardedForUntrusted,
+            Rejection::LedgerUnavailable,
         ];
         for r in rejections {
             assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));

@@ -50,12 +50,17 @@ pub enum Rejection {
     LedgerFull,
     /// The request carries X-Forwarded-For on a listener that takes it as the source address.
     ForwardedForUntrusted,
+    /// The payment must be counted or bound in the mesh-wide ledger (etcd), which did not answer.
+    LedgerUnavailable,
 }
 
 const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
 
 /// Seconds a client should wait before retrying when no explorer answered.
 pub const EXPLORER_RETRY_AFTER_SECS: u32 = 5;
+
+/// Seconds a client should wait before retrying when the ledger (etcd) did not answer.
+pub const LEDGER_RETRY_AFTER_SECS: u32 = 2;
 
 impl Rejection {
     /// The stable, documented code in the body's `error` field (and in the metric name).
@@ -78,6 +83,7 @@ impl Rejection {
             Rejection::IdentityRequired { .. } => "identity_required",
             Rejection::LedgerFull => "ledger_full",
             Rejection::ForwardedForUntrusted => "forwarded_for_untrusted",
+            Rejection::LedgerUnavailable => "ledger_unavailable",
         }
     }
 
@@ -85,7 +91,10 @@ impl Rejection {
         match self {
             Rejection::InvalidTxid | Rejection::InvalidPath | Rejection::ForwardedForUntrusted => 400,
             Rejection::IdentityRequired { .. } => 401,
-            Rejection::ExplorerUnavailable | Rejection::VerificationBusy | Rejection::LedgerFull => 503,
+            Rejection::ExplorerUnavailable
+            | Rejection::VerificationBusy
+            | Rejection::LedgerFull
+            | Rejection::LedgerUnavailable => 503,
             Rejection::ClientBanned { .. } => 429,
             Rejection::Internal => 500,
             _ => 402,
@@ -120,6 +129,7 @@ impl Rejection {
             }
             Rejection::LedgerFull => "The payment gate is tracking as many payments as it can hold; retry shortly.".to_string(),
             Rejection::ForwardedForUntrusted => "This listener cannot trust X-Forwarded-For (its Envoy does not set use_remote_address); send the request without it.".to_string(),
+            Rejection::LedgerUnavailable => "The payment ledger could not be reached to count this request; retry shortly.".to_string(),
         }
     }
 
@@ -165,6 +175,7 @@ impl Rejection {
             Rejection::ExplorerUnavailable => Some(u64::from(EXPLORER_RETRY_AFTER_SECS)),
             Rejection::VerificationBusy => Some(1),
             Rejection::LedgerFull => Some(5),
+            Rejection::LedgerUnavailable => Some(u64::from(LEDGER_RETRY_AFTER_SECS)),
             Rejection::ClientBanned { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };

@@ -45,6 +45,8 @@ pub struct Verifier {
     pub breakers: Vec<Breaker>,
     /// Requests waiting on any lookup of this worker.
     pub waiting: usize,
+    /// Requests and calls waiting on the ledger (etcd), when one is configured.
+    pub ledger: super::ledger::LedgerQueue,
 }
 
 pub enum Enqueued {
@@ -100,6 +102,7 @@ impl Verifier {
 
     /// Forgets a request that ended (client gone) while waiting.
     pub fn forget(&mut self, context_id: u32) {
+        self.ledger.forget(context_id);
         for lookup in self.lookups.values_mut() {
             let before = lookup.waiters.len();
             lookup.waiters.retain(|(id, _)| *id != context_id);

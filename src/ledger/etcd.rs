@@ -16,7 +16,7 @@
 //! `<record>` is the hex of the payment's cache key (the txid, or with per-client addresses the
 //! txid and the client's derivation path).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::b64;
 
@@ -122,33 +122,51 @@ impl Attempt {
         }
     }
 
-    /// The `/v3/kv/txn` body.
+    /// The `/v3/kv/txn` body. Written by hand: every value is base64 or digits, so nothing
+    /// needs escaping, and it keeps JSON building out of the wasm.
     pub fn body(&self, keys: &Keys, replica: &str) -> String {
         let key = |k: &str| b64::encode(k.as_bytes());
         let value = |v: &str| b64::encode(v.as_bytes());
-        let range = |k: &str| json!({"request_range": {"key": key(k)}});
+        let range = |k: &str| format!(r#"{{"request_range":{{"key":"{}"}}}}"#, key(k));
         let claim = value(&claim_value(self.seq(), self.k()));
-        let lease = self.lease().to_string();
-        let body = match self {
-            Attempt::First { pay, seq, k } => json!({
-                "compare": [{"target": "CREATE", "key": key(&keys.pay), "create_revision": "0"}],
-                "success": [
-                    {"request_put": {"key": key(&keys.pay), "value": value(&pay.encode()), "lease": lease}},
-                    {"request_put": {"key": key(&keys.used), "value": value(&used_value(*k, replica, *seq)), "lease": lease}},
-                    {"request_put": {"key": key(&keys.claim), "value": claim, "lease": lease}},
-                ],
-                "failure": [range(&keys.pay), range(&keys.used), range(&keys.claim)],
-            }),
-            Attempt::Reserve { rev, used, seq, k, .. } => json!({
-                "compare": [{"target": "MOD", "key": key(&keys.used), "mod_revision": rev.to_string()}],
-                "success": [
-                    {"request_put": {"key": key(&keys.used), "value": value(&used_value(used.saturating_add(*k), replica, *seq)), "ignore_lease": true}},
-                    {"request_put": {"key": key(&keys.claim), "value": claim, "lease": lease}},
-                ],
-                "failure": [range(&keys.used), range(&keys.claim)],
-            }),
-        };
-        body.to_string()
+        let lease = self.lease();
+        match self {
+            Attempt::First { pay, seq, k } => format!(
+                concat!(
+                    r#"{{"compare":[{{"target":"CREATE","key":"{pay}","create_revision":"0"}}],"#,
+                    r#""success":[{{"request_put":{{"key":"{pay}","value":"{pay_value}","lease":"{lease}"}}}},"#,
+                    r#"{{"request_put":{{"key":"{used}","value":"{used_value}","lease":"{lease}"}}}},"#,
+                    r#"{{"request_put":{{"key":"{claim_key}","value":"{claim}","lease":"{lease}"}}}}],"#,
+                    r#""failure":[{r_pay},{r_used},{r_claim}]}}"#
+                ),
+                pay = key(&keys.pay),
+                pay_value = value(&pay.encode()),
+                used = key(&keys.used),
+                used_value = value(&used_value(*k, replica, *seq)),
+                claim_key = key(&keys.claim),
+                r_pay = range(&keys.pay),
+                r_used = range(&keys.used),
+                r_claim = range(&keys.claim),
+                lease = lease,
+                claim = claim,
+            ),
+            Attempt::Reserve { rev, used, seq, k, .. } => format!(
+                concat!(
+                    r#"{{"compare":[{{"target":"MOD","key":"{used_key}","mod_revision":"{rev}"}}],"#,
+                    r#""success":[{{"request_put":{{"key":"{used_key}","value":"{used_value}","ignore_lease":true}}}},"#,
+                    r#"{{"request_put":{{"key":"{claim_key}","value":"{claim}","lease":"{lease}"}}}}],"#,
+                    r#""failure":[{r_used},{r_claim}]}}"#
+                ),
+                used_key = key(&keys.used),
+                used_value = value(&used_value(used.saturating_add(*k), replica, *seq)),
+                claim_key = key(&keys.claim),
+                r_used = range(&keys.used),
+                r_claim = range(&keys.claim),
+                lease = lease,
+                claim = claim,
+                rev = rev,
+            ),
+        }
     }
 }
 
@@ -253,7 +271,7 @@ pub fn parse_txn(status: u16, body: &[u8]) -> Result<TxnReply, EtcdError> {
 
 /// The `/v3/lease/grant` body for a client-chosen lease id.
 pub fn lease_grant_body(id: u64, ttl_secs: u64) -> String {
-    json!({"ID": id.to_string(), "TTL": ttl_secs.to_string()}).to_string()
+    format!(r#"{{"ID":"{id}","TTL":"{ttl_secs}"}}"#)
 }
 
 /// A granted lease, or one that already exists (someone else granted it first), is a success.
@@ -279,9 +297,16 @@ pub fn bucket_lease(prefix: &str, bucket_secs: u64, expires_secs: u64, now_secs:
     (id, ends.saturating_sub(now_secs).max(1))
 }
 
+/// The TTL to grant a bucket lease made by `bucket_lease` with, from `now_secs`.
+pub fn lease_ttl(id: u64, bucket_secs: u64, now_secs: u64) -> u64 {
+    let bucket = id & 0xffff_ffff;
+    bucket.saturating_add(1).saturating_mul(bucket_secs.max(1)).saturating_sub(now_secs).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const REPLICA: &str = "r1";
 
@@ -414,6 +439,7 @@ mod tests {
         assert_eq!(bucket_lease("p/", 3600, 10_500, 2_000).0, id, "same bucket, same lease");
         assert_ne!(bucket_lease("q/", 3600, 10_000, 1_000).0, id, "another prefix, another lease");
         assert!(id > 0 && id < (1 << 63));
+        assert_eq!(lease_ttl(id, 3600, 1_000), ttl);
         assert_eq!(lease_grant_body(7, 600), r#"{"ID":"7","TTL":"600"}"#);
     }
 }

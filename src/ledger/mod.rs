@@ -10,4 +10,4 @@ pub mod held;
 pub mod owner;
 
 #[cfg(test)]
-mod model;
+pub(crate) mod model;

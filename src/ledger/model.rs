@@ -13,18 +13,25 @@ use super::etcd::{parse_txn, parse_used, Attempt, Keys, Pay};
 use super::held::{absorb, attempt_for, take, Absorbed, Held, Take, Want};
 
 #[derive(Default)]
-pub struct Etcd {
+pub(crate) struct Etcd {
     kv: HashMap<Vec<u8>, (Vec<u8>, u64, u64)>,
     revision: u64,
+    seq: u64,
 }
 
 impl Etcd {
+    /// A fresh attempt number for tests that play several replicas (unique across all of them).
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
     fn key(v: &Value) -> Vec<u8> {
         b64::decode(v["key"].as_str().unwrap()).unwrap()
     }
 
     /// Runs one `/v3/kv/txn` body; returns the reply body as etcd writes it.
-    pub fn txn(&mut self, body: &str) -> Vec<u8> {
+    pub(crate) fn txn(&mut self, body: &str) -> Vec<u8> {
         let body: Value = serde_json::from_str(body).unwrap();
         let holds = body["compare"].as_array().unwrap().iter().all(|c| {
             let found = self.kv.get(&Self::key(c));
