@@ -22,6 +22,7 @@ export TXGATE_DEVNET_DIR := $(abspath $(DEVNET_DIR))
 
 help:
 	@echo "make run    build, start the explorer, demo API and Envoy with txgate, print curl examples"
+	@echo "            (make run LEDGER=etcd: with a local etcd holding grants and bindings)"
 	@echo "make test   install tools, lint, unit tests, end-to-end tests in real Envoy"
 
 $(ENVOY):
@@ -40,7 +41,14 @@ $(ENVOY):
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl curl; }
 	mkdir -p .tools && touch $@
 
-tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp
+# The ledger tests (tests/ledger.rs) and `make run LEDGER=etcd` start a real etcd: Debian's
+# etcd-server (3.4). policy-rc.d keeps the packaged service from starting; the tests start their own.
+.tools/etcd.stamp:
+	@command -v etcd >/dev/null || test -x /usr/bin/etcd || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server; }
+	mkdir -p .tools && touch $@
+
+tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp .tools/etcd.stamp
 
 wasm: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) -p txgate --lib
@@ -82,8 +90,9 @@ e2e: tools build
 test: tools lint unit size validate deploy-check e2e
 	@echo "make test: all checks passed"
 
+# `make run LEDGER=etcd`: the same with a local etcd and envoy/ledger.yaml (grants and bindings on etcd).
 run: tools build
-	./scripts/run-local.sh
+	LEDGER=$(LEDGER) ./scripts/run-local.sh
 
 clean:
 	cargo clean

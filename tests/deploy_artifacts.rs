@@ -172,6 +172,18 @@ fn every_envoy_config_is_accepted_and_names_its_own_clusters() {
             let json: Value = serde_json::from_str(str_at(filter, "/configuration/value"))
                 .unwrap_or_else(|e| panic!("{what}: configuration is not JSON: {e}"));
             let config = parse(&json, &what);
+            if let Some(ledger) = &config.ledger {
+                let cluster = clusters
+                    .iter()
+                    .find(|c| c["name"] == ledger.cluster.as_str())
+                    .unwrap_or_else(|| panic!("{what}: ledger cluster {} is not defined", ledger.cluster));
+                // etcd's gateway on a plaintext port takes HTTP/1.1 only (h2c goes to its gRPC server).
+                assert!(
+                    cluster.get("http2_protocol_options").is_none()
+                        && cluster.get("typed_extension_protocol_options").is_none(),
+                    "{what}: the ledger cluster must speak HTTP/1.1"
+                );
+            }
             for explorer in &config.explorers {
                 let cluster = clusters
                     .iter()
