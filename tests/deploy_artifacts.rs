@@ -79,6 +79,18 @@ fn every_istio_wasmplugin_config_is_accepted_and_fails_closed() {
         for explorer in &config.explorers {
             check_istio_explorer(&docs, &what, &explorer.cluster, &explorer.authority);
         }
+        if let Some(ledger) = &config.ledger {
+            // An in-mesh etcd: its Service must exist on that port, and speak HTTP/1.1.
+            check_istio_explorer(&docs, &what, &ledger.cluster, &ledger.authority);
+            let host = ledger.cluster.rsplit('|').next().unwrap_or("");
+            let rule =
+                docs.iter().map(|(_, d)| d).find(|d| d["kind"] == "DestinationRule" && d["spec"]["host"] == host);
+            let rule = rule.unwrap_or_else(|| panic!("{what}: no DestinationRule for the ledger's etcd {host}"));
+            assert_eq!(
+                rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["h2UpgradePolicy"], "DO_NOT_UPGRADE",
+                "{what}: etcd's JSON gateway takes HTTP/1.1 only"
+            );
+        }
     }
 }
 

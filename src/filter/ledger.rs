@@ -26,6 +26,9 @@ use crate::metrics::Counter;
 const MAX_WAITERS_PER_OP: usize = 64;
 /// Requests that may wait on the ledger in one worker.
 const MAX_WAITING: usize = 1024;
+/// Attempts with an unknown outcome kept per worker; beyond, a lost reply's block may go unserved
+/// (never served twice).
+const MAX_UNCERTAIN: usize = 4096;
 
 /// One payment's ledger work in this worker.
 pub struct Op {
@@ -327,7 +330,9 @@ impl LedgerQueue {
     ) {
         metrics.count(Counter::LedgerErrors);
         log::warn!("txgate: ledger call for {} failed: {error}", hex::encode(record));
-        self.uncertain.insert(record, attempt);
+        if self.uncertain.len() < MAX_UNCERTAIN || self.uncertain.contains_key(&record) {
+            self.uncertain.insert(record, attempt);
+        }
         if let Some(ledger) = &gate.config.ledger {
             if self.breaker.failure(&ledger.breaker, now_ms) {
                 log::warn!("txgate: ledger failing, not asked for {:?}", ledger.breaker.cool_down);
