@@ -192,7 +192,7 @@ BENCH_REF_TARGET := target/bench-reference
 BENCH_REF_WASM := $(BENCH_REF_TARGET)/$(WASM_TARGET)/release/txgate_bench_reference.wasm
 BENCH_ARGS ?=
 
-.PHONY: bench bench-smoke bench-reference
+.PHONY: bench bench-smoke bench-reference bench-ledger
 
 .tools/wrk.stamp:
 	@command -v wrk >/dev/null || { apt-get update -qq && \
@@ -206,10 +206,17 @@ bench-reference: .tools/rust.stamp
 # Full run (~7 minutes): BENCHMARKS.md, bench/results/results.json and bench/results/ratios.svg.
 bench: tools wasm devnet bench-reference .tools/wrk.stamp
 	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/bench.py $(BENCH_ARGS)
+	python3 bench/ledger.py
+
+# The etcd ledger (~2 minutes): warm paid with the ledger vs the same grant without it, first use,
+# etcd calls per 1000 requests: bench/results/ledger.md and ledger.json.
+bench-ledger: tools wasm devnet .tools/wrk.stamp
+	python3 bench/ledger.py
 
 # A few hundred requests per scenario; fails unless every scenario answers the expected status codes.
 bench-smoke: tools wasm devnet bench-reference .tools/wrk.stamp
 	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/bench.py --smoke $(BENCH_ARGS)
+	python3 bench/ledger.py --smoke
 
 # --- mutation testing (issue 16) ---
 # Not part of `make test` (slow). See TESTING.md for the figures and the known equivalent mutants.

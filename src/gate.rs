@@ -1287,8 +1287,8 @@ mod tests {
                 json!({"grant": {"requests": 100}, "ledger": {"etcd": {"cluster": "e", "authority": "e"}, "block": 8}}),
             );
             assert_eq!(serve(&a, &sa, &mut etcd, "a", "k"), "allow");
-            // 7 left of 8: five more come straight from the held block, the sixth reaches the
-            // low-water mark (2 left) and asks for a background refill.
+            // 7 left of 8: two more come straight from the held block, the third reaches the
+            // low-water mark (4 left) and asks for a background refill; the next three do not.
             let mut refills = 0;
             for _ in 0..6 {
                 let (v, effects) = admit(&a, &sa, "/api", &[], &[TXID]);
