@@ -463,7 +463,7 @@ fn the_ledger_outlives_a_replica_restart() {
     assert_eq!(used, 20, "the count went on from where it was ({before} before the restart)");
     // What the dead replica held is lost (under-served), never handed out twice: at most its
     // blocks (K = 4, one refill ahead) go unserved.
-    assert!(ok <= 20 && ok >= 20 - 8, "served {ok} of 20 across a restart");
+    assert!((20 - 8..=20).contains(&ok), "served {ok} of 20 across a restart");
     eprintln!("restart: served {ok} of 20; {} stranded with the dead replica", 20 - ok);
 }
 

@@ -249,7 +249,7 @@ proptest! {
         let got = decide(&policy, &tx, tip, now);
         prop_assert!(!matches!(got, Decision::Refused(Rejection::PaymentExpired { .. })), "{:?}", got);
         // And the same payment with an expiry window can only do worse, never better.
-        let windowed = decide(&Policy { max_age: Duration::from_secs(1), ..policy.clone() }, &tx, tip, now);
+        let windowed = decide(&Policy { max_age: Duration::from_secs(1), ..policy }, &tx, tip, now);
         if !matches!(got, Decision::Paid(_)) {
             prop_assert!(!matches!(windowed, Decision::Paid(_)), "{:?} vs {:?}", got, windowed);
         }

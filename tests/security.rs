@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{envoy_yaml, start_envoy, wasm_path, Proc, Stack, StackOptions, MERCHANT};
+use common::{envoy_yaml, start_envoy, wasm_path, Proc, Stack, StackOptions};
 use serde_json::{json, Value};
 
 /// A regtest address that is not the merchant's.
