@@ -34,13 +34,21 @@ def free_port():
 
 def start_etcd(procs, work, cpus):
     client, peer = free_port(), free_port()
+    return client, start_etcd_on(procs, work, cpus, client, peer)
+
+
+def start_etcd_on(procs, work, cpus, client, peer):
     url = lambda p: f"http://127.0.0.1:{p}"  # noqa: E731
-    procs.start("etcd", [ETCD, "--name", "bench", "--data-dir", str(work / "etcd"),
+    return procs.start("etcd", [ETCD, "--name", "bench", "--data-dir", str(work / "etcd"),
                          "--listen-client-urls", url(client), "--advertise-client-urls", url(client),
                          "--listen-peer-urls", url(peer), "--initial-advertise-peer-urls", url(peer),
                          "--initial-cluster", f"bench={url(peer)}", "--listen-metrics-urls", url(free_port()),
                          "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"],
                 cpus, work / "etcd.log")
+
+
+def wait_etcd(client):
+    url = lambda p: f"http://127.0.0.1:{p}"  # noqa: E731
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -50,6 +58,11 @@ def start_etcd(procs, work, cpus):
             pass
         time.sleep(0.05)
     raise SystemExit("etcd did not become healthy; see target/bench/run/etcd.log")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_get(port, txid):
@@ -70,7 +83,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--block", type=int, default=64)
+    ap.add_argument("--block", default="auto", help='ledger.block: a number or "auto" (256 for this grant)')
     ap.add_argument("--first-use", type=int, default=60, help="cold txids per variant for first-use latency")
     args = ap.parse_args()
     if args.smoke:
@@ -87,13 +100,14 @@ def main():
     base = json.loads((b.BENCH / "txgate-config.json").read_text())
     base["grant"] = {"requests": 1_000_000_000}
     ledger = dict(base, ledger={"etcd": {"cluster": "etcd", "authority": "etcd", "key_prefix": f"bench{int(time.time())}/"},
-                                "block": args.block})
+                                "block": args.block if args.block == "auto" else int(args.block)})
     procs = b.Procs()
     results = {"facts": b.machine_facts(), "settings": vars(args), "block": args.block}
     failures = []
     try:
         explorer, explorer_port, warm_txid, cold = b.ensure_txids(procs, work, 2 * args.first_use, cpu_load)
-        etcd_port = start_etcd(procs, work, cpu_load)
+        etcd_port, etcd_proc = start_etcd(procs, work, cpu_load)
+        wait_etcd(etcd_port)
         upstream = b.Envoy(procs, work, "upstream", b.envoy_yaml("upstream", 0, 0, None), cpu_load)
         etcd_cluster = b.cluster_yaml("etcd", etcd_port)
         yamls = {
@@ -123,13 +137,17 @@ def main():
         for v in VARIANTS[1:]:
             timed_get(envoys[v].port, warm_txid)
         calls0 = envoys["txgate_ledger"].stat("txgate_ledger_calls")
+        etcd_cpu = 0.0
         runs = {v: [] for v in VARIANTS}
         for rep in range(args.reps):
             order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]
             for v in order:
                 value = None if v == "envoy" else warm_txid
+                e0 = cpu_seconds(etcd_proc.pid)
                 r = b.wrk(f"http://127.0.0.1:{envoys[v].port}/api/data", args.connections, args.duration, cpu_load,
                           work, value=value, limit=300 if args.smoke else 0)
+                if v == "txgate_ledger":
+                    etcd_cpu += cpu_seconds(etcd_proc.pid) - e0
                 bad = {c: n for c, n in r["statuses"].items() if c != 200}
                 if bad or r["errors"]:
                     failures.append(f"warm/{v}: statuses {r['statuses']}, errors {r['errors']}")
@@ -138,10 +156,13 @@ def main():
         ledger_requests = sum(r["requests"] for r in runs["txgate_ledger"])
         warm = {v: {"rps": round(statistics.median(r["rps"] for r in rs)),
                     "p50_us": statistics.median(r["p50_us"] for r in rs),
-                    "p99_us": statistics.median(r["p99_us"] for r in rs)} for v, rs in runs.items()}
+                    "p99_us": statistics.median(r["p99_us"] for r in rs),
+                    "cpu_busy": {c: statistics.median(r["cpu_busy"].get(c, 0) for r in rs) for c in rs[0]["cpu_busy"]}}
+                for v, rs in runs.items()}
         results["warm"] = warm
         results["ledger_calls_per_1000"] = round(1000 * calls / ledger_requests, 2) if ledger_requests else None
         results["ratio_ledger_to_grant"] = round(warm["txgate_ledger"]["rps"] / warm["txgate_grant"]["rps"], 3)
+        results["etcd_cpu_ms_per_1000"] = round(1000 * 1000 * etcd_cpu / ledger_requests, 1) if ledger_requests else None
         results["errors_503"] = envoys["txgate_ledger"].stat("txgate_rejected_ledger_unavailable")
     finally:
         procs.stop_all()
@@ -154,11 +175,14 @@ def main():
         f"{results['facts']['date']}, {results['facts']['cpu']}, Envoy {results['facts']['envoy']}, "
         f"git {results['facts']['git']}; one etcd 3.4 member on loopback, block {args.block}, "
         f"{args.connections} connections, {args.reps} × {args.duration} s per variant (medians).", "",
-        "| warm paid (same txid) | req/s | p50 µs | p99 µs |", "|---|---|---|---|",
-        *[f"| {v} | {w[v]['rps']} | {w[v]['p50_us']} | {w[v]['p99_us']} |" for v in VARIANTS if v in w], "",
+        "| warm paid (same txid) | req/s | p50 µs | p99 µs | CPUs busy |", "|---|---|---|---|---|",
+        *[f"| {v} | {w[v]['rps']} | {w[v]['p50_us']} | {w[v]['p99_us']} | "
+          f"{' / '.join(f'{c}: {x:.0%}' for c, x in sorted(w[v]['cpu_busy'].items()))} |" for v in VARIANTS if v in w], "",
         f"txgate_ledger / txgate_grant requests/s: **{results.get('ratio_ledger_to_grant')}**; "
         f"etcd calls per 1000 warm requests: **{results.get('ledger_calls_per_1000')}** "
-        f"(background refills; none on the request path).", "",
+        f"(background refills; none on the request path); etcd used "
+        f"**{results.get('etcd_cpu_ms_per_1000')} ms of CPU per 1000 warm requests**, on the load "
+        f"generator's CPU ({cpu_load}).", "",
         "| first use (new paid txid, sequential) | p50 µs | max µs |", "|---|---|---|",
         *[f"| {v} | {f[v]['p50_us']} | {f[v]['max_us']} |" for v in f], "",
         "`envoy`: no filter. `txgate_grant`: txgate with a grant counted in the Envoy's shared data. "

@@ -1211,11 +1211,21 @@ mod tests {
 
         /// One request on one Envoy, through the explorer and the ledger as the glue would.
         fn serve(gate: &Gate, store: &MemoryStore, etcd: &mut Etcd, replica: &str, client: &str) -> &'static str {
-            let (mut verdict, _) = admit(gate, store, "/api", &[("x-api-key", client)], &[TXID]);
+            serve_with_effects(gate, store, etcd, replica, client).0
+        }
+
+        fn serve_with_effects(
+            gate: &Gate,
+            store: &MemoryStore,
+            etcd: &mut Etcd,
+            replica: &str,
+            client: &str,
+        ) -> (&'static str, Effects) {
+            let (mut verdict, mut effects) = admit(gate, store, "/api", &[("x-api-key", client)], &[TXID]);
             if let Verdict::Lookup(ticket) = verdict {
                 let result = found(5000, Some(100));
                 let stored = gate.remember(store, &ticket.txid, None, &result, NOW_MS);
-                verdict = gate.resolve(store, ticket, &result, stored, NOW_MS).0;
+                (verdict, effects) = gate.resolve(store, ticket, &result, stored, NOW_MS);
             }
             // Attempt numbers are unique per replica: a claim names the attempt that committed.
             let mut rounds = 0;
@@ -1232,9 +1242,9 @@ mod tests {
                     .absorb(store, wait.slot, &wait.record, &attempt, &reply)
                     .unwrap()
                     .unwrap();
-                verdict = gate.ledger_take(store, *wait, NOW_MS).0;
+                (verdict, effects) = gate.ledger_take(store, *wait, NOW_MS);
             }
-            code(&verdict)
+            (code(&verdict), effects)
         }
 
         #[test]
@@ -1286,16 +1296,22 @@ mod tests {
             let (a, sa) = ledger_gate(
                 json!({"grant": {"requests": 100}, "ledger": {"etcd": {"cluster": "e", "authority": "e"}, "block": 8}}),
             );
-            assert_eq!(serve(&a, &sa, &mut etcd, "a", "k"), "allow");
-            // 7 left of 8: two more come straight from the held block, the third reaches the
-            // low-water mark (4 left) and asks for a background refill; the next three do not.
-            let mut refills = 0;
-            for _ in 0..6 {
-                let (v, effects) = admit(&a, &sa, "/api", &[], &[TXID]);
-                assert_eq!(code(&v), "allow");
-                refills += usize::from(effects.ledger_refill.is_some());
-            }
-            assert_eq!(refills, 1);
+            // First use takes a block of 8 and leaves 7: no refill yet.
+            let (answer, effects) = serve_with_effects(&a, &sa, &mut etcd, "a", "k");
+            assert_eq!((answer, effects.ledger_refill), ("allow", None));
+            // The next 7 come straight from the held block; the third leaves 4, half a block, and
+            // asks for the next block in the background; the rest ask for no second refill while
+            // the first is under way (one at a time per Envoy).
+            let refills: Vec<bool> = (0..7)
+                .map(|_| {
+                    let (v, effects) = admit(&a, &sa, "/api", &[], &[TXID]);
+                    assert_eq!(code(&v), "allow");
+                    effects.ledger_refill.is_some()
+                })
+                .collect();
+            assert_eq!(refills, [false, false, true, false, false, false, false]);
+            // The refill never came: the block is empty, so the next request waits for etcd.
+            assert_eq!(code(&admit(&a, &sa, "/api", &[], &[TXID]).0), "ledger");
         }
 
         #[test]

@@ -52,7 +52,8 @@ struct RawBreaker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockSize {
     Fixed(u64),
-    /// clamp(requests / 32, 1, 64): exact (one txn per request) for grants up to 63 requests.
+    /// clamp(requests / 32, 1, 256): exact (one txn per request) for grants up to 63 requests; an
+    /// Envoy holds at most two blocks, so at most 1/16 of a grant waits in one Envoy.
     Auto,
 }
 
@@ -89,7 +90,7 @@ impl LedgerConfig {
         }
         let k = match self.block {
             BlockSize::Fixed(k) => k,
-            BlockSize::Auto => (requests / 32).clamp(1, 64),
+            BlockSize::Auto => (requests / 32).clamp(1, 256),
         };
         k.clamp(1, requests)
     }
@@ -241,7 +242,7 @@ mod tests {
     #[test]
     fn block_sizes() {
         let mut c = ok(json!({"etcd": {"cluster": "e", "authority": "e"}}));
-        assert_eq!([c.block_for(10), c.block_for(100), c.block_for(1000), c.block_for(100_000)], [1, 3, 31, 64]);
+        assert_eq!([c.block_for(10), c.block_for(100), c.block_for(1000), c.block_for(100_000)], [1, 3, 31, 256]);
         c.block = BlockSize::Fixed(8);
         assert_eq!([c.block_for(5), c.block_for(50), c.block_for(0)], [5, 8, 1]);
     }
