@@ -374,11 +374,6 @@ impl Config {
                 "pay_to with an xpub needs bind_to: the identity each client gets its own address for (a secret API-key header, mtls_principal, or a jwt claim)",
             );
         }
-        if (!config.grant.is_unlimited() || config.bind_to.is_some()) && config.longest_max_age().is_none() {
-            // A counted or bound payment can only leave the fixed-size cache once no route can
-            // accept it; with no max_age it never could, and the cache would fill for good.
-            return refuse("max_age", "grant and bind_to need a max_age on every route (0s keeps payments forever)");
-        }
         if let Some(ledger) = &config.ledger {
             if config.grant.is_unlimited() && config.bind_to.is_none() {
                 return refuse(
@@ -395,6 +390,11 @@ impl Config {
             if ledger.failure_mode == crate::ledger::config::LedgerFailureMode::Local && ledger.consume_once {
                 return refuse("ledger.failure_mode", "\"local\" would let one payment buy a request on every Envoy: use \"closed\" with consume \"once\"");
             }
+        }
+        if (!config.grant.is_unlimited() || config.bind_to.is_some()) && config.longest_max_age().is_none() {
+            // A counted or bound payment can only leave the fixed-size cache once no route can
+            // accept it; with no max_age it never could, and the cache would fill for good.
+            return refuse("max_age", "grant and bind_to need a max_age on every route (0s keeps payments forever)");
         }
         Ok(config)
     }

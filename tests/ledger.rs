@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{envoy_yaml, plugin_config, start_envoy, unused_port, wasm_path, Proc, Reply, Stack};
+use common::{envoy_refuses, envoy_yaml, plugin_config, start_envoy, unused_port, wasm_path, Proc, Reply, Stack};
 use serde_json::{json, Value};
 
 fn b64(bytes: &[u8]) -> String {
@@ -346,6 +346,30 @@ fn tally(codes: &[String]) -> std::collections::BTreeMap<String, usize> {
         *t.entry(c.clone()).or_insert(0) += 1;
     }
     t
+}
+
+/// A ledger configuration Envoy must not run with is refused at startup, naming the field.
+#[test]
+fn bad_ledger_configs_stop_envoy_naming_the_field() {
+    let etcd = json!({"cluster": "etcd", "authority": "etcd"});
+    let cases = [
+        (json!({"grant": {"requests": 5}, "max_age": "0s", "ledger": {"etcd": etcd}}), "refused: max_age"),
+        (json!({"ledger": {"etcd": etcd}}), "ledger: has nothing to keep"),
+        (
+            json!({"max_age": "0s", "ledger": {"etcd": etcd, "consume": "once"}}),
+            "refused: max_age: must be more than 0s",
+        ),
+        (json!({"grant": {"requests": 5}, "ledger": {"etcd": etcd, "block": 0}}), "ledger.block"),
+        (json!({"grant": {"requests": 5}, "ledger": {"etcd": {"cluster": "etcd"}}}), "ledger.etcd.authority"),
+        (json!({"grant": {"requests": 5}, "ledger": {"etcd": etcd, "retries": 3}}), "unknown field `retries`"),
+        (json!({"grant": {"requests": 5}, "ledger": {"etcd": etcd, "consume": "once"}}), "ledger.consume"),
+    ];
+    for (overrides, expected) in cases {
+        let (refused, log) = envoy_refuses(&plugin_config(1, &overrides));
+        assert!(refused, "Envoy started with {overrides}");
+        assert!(log.contains("txgate: configuration refused"), "{overrides}: {log}");
+        assert!(log.contains(expected), "{overrides}: expected {expected:?} in\n{log}");
+    }
 }
 
 /// (a) N = 50, K = 8: 200 requests from 4 threads, alternating between the two Envoys, at once.
