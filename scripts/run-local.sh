@@ -15,7 +15,22 @@ trap stop EXIT INT TERM
 pids+=($!)
 "$BIN/txgate-demo-api" --listen 127.0.0.1:8081 >.run/api.log 2>&1 &
 pids+=($!)
-"$ENVOY" -c envoy/local.yaml --concurrency 2 -l warning --component-log-level wasm:info \
+CONFIG=envoy/local.yaml
+if [ "${LEDGER:-}" = etcd ]; then
+  # One etcd member for the ledger, data kept in .run/etcd; auto-compaction as the README advises.
+  ETCD=${TXGATE_ETCD:-etcd}
+  "$ETCD" --name txgate-local --data-dir .run/etcd \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster txgate-local=http://127.0.0.1:2380 \
+    --auto-compaction-mode periodic --auto-compaction-retention 1h >.run/etcd.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -fs http://127.0.0.1:2379/health >/dev/null 2>&1 && break; sleep 0.1; done
+  CONFIG=envoy/ledger.yaml
+elif [ -n "${LEDGER:-}" ]; then
+  echo "LEDGER=$LEDGER: only LEDGER=etcd is known"; exit 1
+fi
+"$ENVOY" -c "$CONFIG" --concurrency 2 -l warning --component-log-level wasm:info \
   --log-path .run/envoy.log &
 pids+=($!)
 
@@ -50,5 +65,23 @@ Logs are in .run/. Try, in another terminal:
 
 Press Ctrl-C to stop.
 TXT
+if [ "${LEDGER:-}" = etcd ]; then
+cat <<'TXT'
+
+The ledger is on (envoy/ledger.yaml): each payment buys 100 requests within 1 h, bound to the first
+x-api-key that uses it, counted on etcd (127.0.0.1:2379) in blocks of 8. Add -H "x-api-key: alice"
+to the requests above, then:
+
+  # Another client with the same txid: 402 payment_bound_to_other_client
+  curl -s -H "x-bitcoin-txid: $TXID" -H "x-api-key: bob" http://127.0.0.1:10000/api/hello; echo
+
+  # What etcd holds (keys are base64 in etcd's JSON gateway): pay/, use/ and claim/ per payment
+  curl -s http://127.0.0.1:2379/v3/kv/range -d '{"key":"dHhnYXRlLw==","range_end":"dHhnYXRlMA=="}' |
+    python3 -c 'import sys,json,base64; [print(base64.b64decode(k["key"]).decode(), "=", base64.b64decode(k["value"]).decode()) for k in json.load(sys.stdin).get("kvs",[])]'
+
+  # Ledger counters: calls, blocks, errors, 503s
+  curl -s http://127.0.0.1:9901/stats | grep txgate_ledger
+TXT
+fi
 wait -n "${pids[@]}" || true
 echo "a process stopped; shutting down (see .run/*.log)"

@@ -14,6 +14,7 @@ use crate::duration::parse_duration;
 use crate::grant::Grant;
 use crate::guard::{GuardConfig, MAX_BAN_TTL};
 use crate::identity::IdentitySource;
+use crate::ledger::config::LedgerConfig;
 use crate::path::{canonicalize, prefix_covers, prefix_covers_ignoring_case};
 use crate::penalty::PenaltyConfig;
 use crate::spv::{default_floor_bits, parse_floor_bits, Target};
@@ -55,6 +56,7 @@ struct RawConfig {
     spv_floor_bits: Option<String>,
     /// Read by hand (`validate_guard`): a derived struct costs the wasm about 2 KB.
     guard: Option<serde_json::Value>,
+    ledger: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +224,8 @@ pub struct Config {
     pub verify: Verify,
     /// Bans of source addresses posted to the node guard (`txgate-guard`).
     pub guard: Option<GuardConfig>,
+    /// Grants and bindings kept mesh-wide on etcd (see `ledger`); `None`: per Envoy.
+    pub ledger: Option<LedgerConfig>,
 }
 
 /// `verify`: what an explorer's answer must carry before a payment counts.
@@ -357,7 +361,18 @@ impl Config {
         let failure_mode = validate_failure_mode(raw.failure_mode.as_deref(), raw.fail_open)?;
         let routes = validate_routes(raw.routes.unwrap_or_default(), &default_policy)?;
         let cache = validate_cache(raw.cache)?;
-        let grant = validate_grant(raw.grant)?;
+        let grant_given = raw.grant.is_some();
+        let mut grant = validate_grant(raw.grant)?;
+        let ledger = raw.ledger.map(crate::ledger::config::validate).transpose()?;
+        if ledger.as_ref().is_some_and(|l| l.consume_once) {
+            if grant_given {
+                return refuse(
+                    "ledger.consume",
+                    "\"once\" buys one request per payment: remove grant, or use consume \"grant\"",
+                );
+            }
+            grant = Grant { requests: Some(1), window: None };
+        }
         let bind_to = raw.bind_to.map(|text| validate_identity(&text, "bind_to")).transpose()?;
         let penalty = raw.penalty.map(validate_penalty).transpose()?;
         let max_inflight = match raw.max_inflight.unwrap_or(64) {
@@ -406,12 +421,30 @@ impl Config {
             max_inflight_per_client,
             verify,
             guard,
+            ledger,
         };
         if config.pay_to_xpub.is_some() && config.bind_to.is_none() {
             return refuse(
                 "bind_to",
                 "pay_to with an xpub needs bind_to: the identity each client gets its own address for (a secret API-key header, mtls_principal, or a jwt claim)",
             );
+        }
+        if let Some(ledger) = &config.ledger {
+            if config.grant.is_unlimited() && config.bind_to.is_none() {
+                return refuse(
+                    "ledger",
+                    "has nothing to keep: set grant, bind_to or ledger.consume \"once\" (payments that buy unlimited requests need no ledger)",
+                );
+            }
+            if config.longest_max_age().is_none() {
+                return refuse(
+                    "max_age",
+                    "must be more than 0s on every paid route with the ledger: its keys live on leases tied to max_age, and a payment whose keys expired could be spent again",
+                );
+            }
+            if ledger.failure_mode == crate::ledger::config::LedgerFailureMode::Local && ledger.consume_once {
+                return refuse("ledger.failure_mode", "\"local\" would let one payment buy a request on every Envoy: use \"closed\" with consume \"once\"");
+            }
         }
         if (!config.grant.is_unlimited() || config.bind_to.is_some()) && config.longest_max_age().is_none() {
             // A counted or bound payment can only leave the fixed-size cache once no route can

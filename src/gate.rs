@@ -10,6 +10,10 @@ use crate::duration::millis;
 use crate::esplora::{ExplorerError, TxAnswer, TxLookup};
 use crate::grant::Use;
 use crate::identity::{client_address, identity_hash, IdentitySource};
+use crate::ledger::config::LedgerFailureMode;
+use crate::ledger::etcd::{bucket_lease, Attempt, Pay};
+use crate::ledger::held::{attempt_for, LedgerTable, Take, Want};
+use crate::ledger::owner::owner_id;
 use crate::memo::LocalMemo;
 use crate::payment::{decide, Decision, Receipt};
 use crate::penalty::ClientRecord;
@@ -102,6 +106,22 @@ pub struct Ticket {
     pub inflight_limit: usize,
     /// This client's own address, when `pay_to` is an xpub.
     pub payee: Option<ClientAddress>,
+    /// The ledger's owner id of the `bind_to` identity (see `ledger::owner`), with a ledger.
+    pub owner: Option<[u8; 16]>,
+}
+
+/// A paid request that waits for the ledger (etcd): first contact on this Envoy, or its held
+/// blocks are empty. What it needs to be answered once the ledger replied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerWait {
+    pub ticket: Ticket,
+    /// The payment's slot in the cache, and its cache key.
+    pub slot: usize,
+    pub record: [u8; 32],
+    pub receipt: Receipt,
+    pub from_cache: bool,
+    /// When the payment stops buying anything (unix s): its ledger keys' lease outlives it.
+    pub expires_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +134,9 @@ pub enum Verdict {
         from_cache: bool,
         /// `<branch>/<hi>/<lo>` of the client's own address, when `pay_to` is an xpub.
         address_path: Option<String>,
+        /// Counted by this Envoy alone because the ledger was unreachable (`ledger.failure_mode`
+        /// local): marked `x-txgate-unverified: ledger_unavailable`.
+        ledger_fallback: bool,
     },
     /// failure_mode open and no explorer answered.
     AllowUnverified,
@@ -122,6 +145,8 @@ pub enum Verdict {
         policy: Option<Policy>,
     },
     Lookup(Ticket),
+    /// Paid, but the ledger must be asked before the request can be counted.
+    Ledger(Box<LedgerWait>),
 }
 
 /// What the explorer said about one txid (and its tip, when it was needed and read).
@@ -155,6 +180,11 @@ pub struct Effects {
     pub banned: bool,
     pub ledger_full: bool,
     pub fail_open_limited: bool,
+    /// This request took its Envoy's held block to the low-water mark: reserve the next block
+    /// in the background (payment slot and cache key).
+    pub ledger_refill: Option<(usize, [u8; 32])>,
+    /// Counted locally because the ledger was unreachable (`ledger.failure_mode` local).
+    pub ledger_fallback: bool,
 }
 
 pub struct Gate {
@@ -170,6 +200,8 @@ pub struct Gate {
     addresses: std::cell::RefCell<std::collections::HashMap<(u32, u32), String>>,
     /// scriptPubKeys of `pay_to`, what a proven (`verify: spv`) answer's outputs are matched by.
     pay_to_scripts: Vec<Vec<u8>>,
+    /// This Envoy's held ledger blocks, one per payment slot (with `ledger`).
+    pub ledger: Option<LedgerTable>,
 }
 
 /// Derived addresses each worker keeps (about 100 bytes each).
@@ -202,6 +234,7 @@ impl Gate {
         // The addresses were checked in `Config::from_json`, so each has a script.
         let pay_to_scripts =
             config.pay_to.iter().filter_map(|a| crate::address::script_pubkey(a, config.network).ok()).collect();
+        let ledger = config.ledger.as_ref().map(|_| LedgerTable::new(&scopes.payments, slots));
         Gate {
             config,
             scopes,
@@ -213,6 +246,7 @@ impl Gate {
             lowest_price,
             addresses: std::cell::RefCell::new(std::collections::HashMap::new()),
             pay_to_scripts,
+            ledger,
         }
     }
 
@@ -226,6 +260,9 @@ impl Gate {
         }
         if let Some(allowance) = &self.fail_open {
             allowance.create(store);
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.create(store);
         }
     }
 
@@ -414,6 +451,13 @@ impl Gate {
             },
             None => None,
         };
+        // The ledger's owner id: a specified hash every replica computes alike (not bind_id).
+        let owner = match (&config.ledger, &config.bind_to) {
+            (Some(ledger), Some(source)) => facts
+                .identity_value(source)
+                .map(|value| owner_id(&source.name(), &value, ledger.owner_secret.as_deref())),
+            _ => None,
+        };
         let strikes: u64 = primary.map_or(0, |c| c.strikes);
         let inflight_limit = match &config.penalty {
             // A client can have no more lookups under way than strikes it has left, so a burst
@@ -435,6 +479,7 @@ impl Gate {
             has_strikes: strikes > 0,
             inflight_limit,
             payee,
+            owner,
         };
         let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         // Nothing counted or bound: a confirmed payment's shared record never changes.
@@ -651,6 +696,16 @@ impl Gate {
                 // Nothing to count or bind: skip the read-modify-write on the hot path.
                 let used = if self.config.grant.is_unlimited() && ticket.bind_id.is_none() {
                     Ok(Use::Granted { remaining: None })
+                } else if let (Some(_), Some(slot)) = (&self.ledger, slot) {
+                    let wait = LedgerWait {
+                        slot,
+                        record: record.txid,
+                        receipt,
+                        from_cache,
+                        expires_secs: self.expires_secs(&facts, now_ms),
+                        ticket,
+                    };
+                    return self.ledger_take(store, wait, now_ms);
                 } else if let Some(slot) = slot {
                     self.config.grant.consume(store, &self.payments, slot, &record.txid, ticket.bind_id, now_ms / 1000)
                 } else {
@@ -711,6 +766,110 @@ impl Gate {
         effects
     }
 
+    /// When a payment stops buying anything (unix s): `max_age` after its block (or after now,
+    /// while it is in the mempool), under the longest `max_age` of any route.
+    fn expires_secs(&self, facts: &crate::esplora::TxFacts, now_ms: u64) -> u64 {
+        let since = facts.block.map_or(now_ms / 1000, |b| b.time.max(1));
+        let longest = self.config.longest_max_age().map_or(0, |d| d.as_secs());
+        since.max(now_ms / 1000).saturating_add(longest)
+    }
+
+    /// A paid request with a ledger: served from this Envoy's held block, answered from what it
+    /// knows (exhausted, bound to another), or sent to wait for etcd.
+    pub fn ledger_take(&self, store: &dyn SharedStore, wait: LedgerWait, now_ms: u64) -> (Verdict, Effects) {
+        let (Some(table), Some(ledger)) = (&self.ledger, &self.config.ledger) else {
+            return reject(Rejection::Internal, wait.ticket.policy);
+        };
+        let want = Want {
+            owner: wait.ticket.owner,
+            window_secs: self.config.grant.window.map(|w| w.as_secs()),
+            now_ms,
+            refill_for_ms: millis(ledger.deadline),
+        };
+        match table.take(store, wait.slot, &wait.record, &want) {
+            Ok(Take::Granted { refill }) => {
+                let effects =
+                    Effects { ledger_refill: refill.then_some((wait.slot, wait.record)), ..Effects::default() };
+                (allow(wait.ticket, wait.receipt, wait.from_cache), effects)
+            }
+            Ok(Take::Exhausted) => self.exhausted(wait.ticket.policy),
+            Ok(Take::BoundToOther) => self.refuse(store, wait.ticket, Rejection::BoundToOtherClient, now_ms),
+            Ok(Take::Contact | Take::Reserve) => (Verdict::Ledger(Box::new(wait)), Effects::default()),
+            Err(_) => reject(Rejection::VerificationBusy, wait.ticket.policy),
+        }
+    }
+
+    fn exhausted(&self, policy: Policy) -> (Verdict, Effects) {
+        let grant = self.config.grant;
+        reject(
+            Rejection::PaymentExhausted { requests: grant.requests, window_secs: grant.window.map(|w| w.as_secs()) },
+            policy,
+        )
+    }
+
+    /// The etcd attempt that answers a waiting request, from this Envoy's held state: first
+    /// contact (bind, window start, first block) or the next reservation.
+    pub fn ledger_attempt(
+        &self,
+        store: &dyn SharedStore,
+        slot: usize,
+        record: &[u8; 32],
+        first: Option<&LedgerWait>,
+        seq: u64,
+        now_ms: u64,
+    ) -> Option<Attempt> {
+        let (table, ledger) = (self.ledger.as_ref()?, self.config.ledger.as_ref()?);
+        let held = table.read(store, slot, record);
+        let limit = self.config.grant.requests.unwrap_or(0);
+        let now_secs = now_ms / 1000;
+        let expires = first.map_or(now_secs, |w| w.expires_secs);
+        let prefix = ledger.prefix(self.config.network.name());
+        let (lease, _) = bucket_lease(&prefix, ledger.lease_bucket.as_secs(), expires, now_secs);
+        let pay = Pay {
+            owner: first.and_then(|w| w.ticket.owner).unwrap_or([0; 16]),
+            first_used: now_secs.max(1),
+            block: ledger.block_for(limit),
+            limit,
+            lease,
+        };
+        if !held.contacted && first.is_none() {
+            return None;
+        }
+        Some(attempt_for(&held, pay, seq))
+    }
+
+    /// The etcd could not be asked in time: 503 `ledger_unavailable` (closed), or counted by
+    /// this Envoy alone and marked (local).
+    pub fn ledger_failed(&self, store: &dyn SharedStore, wait: LedgerWait, now_ms: u64) -> (Verdict, Effects) {
+        let mode = self.config.ledger.as_ref().map_or(LedgerFailureMode::Closed, |l| l.failure_mode);
+        if mode == LedgerFailureMode::Closed {
+            return reject(Rejection::LedgerUnavailable, wait.ticket.policy);
+        }
+        let used = self.config.grant.consume(
+            store,
+            &self.payments,
+            wait.slot,
+            &wait.record,
+            wait.ticket.bind_id,
+            now_ms / 1000,
+        );
+        match used {
+            Ok(Use::Granted { .. }) => {
+                let effects = Effects { ledger_fallback: true, ..Effects::default() };
+                match allow(wait.ticket, wait.receipt, wait.from_cache) {
+                    Verdict::Allow { txid, receipt, discount, from_cache, address_path, .. } => (
+                        Verdict::Allow { txid, receipt, discount, from_cache, address_path, ledger_fallback: true },
+                        effects,
+                    ),
+                    other => (other, effects),
+                }
+            }
+            Ok(Use::Exhausted) => self.exhausted(wait.ticket.policy),
+            Ok(Use::BoundToOther) => self.refuse(store, wait.ticket, Rejection::BoundToOtherClient, now_ms),
+            Ok(Use::Gone) | Err(_) => reject(Rejection::LedgerUnavailable, wait.ticket.policy),
+        }
+    }
+
     /// Whether a new lookup for this ticket fits within the worker's budget: `inflight` lookups
     /// under way, `for_client` of them this client's. A share of the budget is kept for clients
     /// with no strikes, so a flood from struck clients cannot starve honest payers.
@@ -740,7 +899,14 @@ fn state_of(facts: &crate::esplora::TxFacts) -> PaymentState {
 
 fn allow(ticket: Ticket, receipt: Receipt, from_cache: bool) -> Verdict {
     let address_path = ticket.payee.as_ref().map(ClientAddress::path_text);
-    Verdict::Allow { txid: ticket.txid, receipt, discount: ticket.discount, from_cache, address_path }
+    Verdict::Allow {
+        txid: ticket.txid,
+        receipt,
+        discount: ticket.discount,
+        from_cache,
+        address_path,
+        ledger_fallback: false,
+    }
 }
 
 fn reject(rejection: Rejection, policy: Policy) -> (Verdict, Effects) {
@@ -820,6 +986,7 @@ mod tests {
             Verdict::AllowUnverified => "allow_unverified",
             Verdict::Free => "free",
             Verdict::Lookup(_) => "lookup",
+            Verdict::Ledger(_) => "ledger",
         }
     }
 
@@ -1221,5 +1388,148 @@ mod tests {
             block.place.time = NOW_MS / 1000 - 90_000;
         }
         assert_eq!(code(&verify(&gate, &store, &[], &expired).0), "payment_expired");
+    }
+
+    mod ledger {
+        use super::*;
+        use crate::ledger::etcd::{parse_txn, Keys};
+        use crate::ledger::model::Etcd;
+
+        fn ledger_gate(extra: serde_json::Value) -> (Gate, MemoryStore) {
+            let mut config = json!({"ledger": {"etcd": {"cluster": "etcd", "authority": "etcd"}, "block": 2}});
+            for (k, v) in extra.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            gate(config)
+        }
+
+        /// One request on one Envoy, through the explorer and the ledger as the glue would.
+        fn serve(gate: &Gate, store: &MemoryStore, etcd: &mut Etcd, replica: &str, client: &str) -> &'static str {
+            serve_with_effects(gate, store, etcd, replica, client).0
+        }
+
+        fn serve_with_effects(
+            gate: &Gate,
+            store: &MemoryStore,
+            etcd: &mut Etcd,
+            replica: &str,
+            client: &str,
+        ) -> (&'static str, Effects) {
+            let (mut verdict, mut effects) = admit(gate, store, "/api", &[("x-api-key", client)], &[TXID]);
+            if let Verdict::Lookup(ticket) = verdict {
+                let result = found(5000, Some(100));
+                let stored = gate.remember(store, &ticket.txid, None, &result, NOW_MS);
+                (verdict, effects) = gate.resolve(store, ticket, &result, stored, NOW_MS);
+            }
+            // Attempt numbers are unique per replica: a claim names the attempt that committed.
+            let mut rounds = 0;
+            while let Verdict::Ledger(wait) = verdict {
+                rounds += 1;
+                assert!(rounds < 10, "the ledger never settled");
+                let seq = etcd.next_seq();
+                let attempt = gate.ledger_attempt(store, wait.slot, &wait.record, Some(&wait), seq, NOW_MS).unwrap();
+                let keys = Keys::new("txgate/v1/regtest/", &wait.record, replica);
+                let reply = parse_txn(200, &etcd.txn(&attempt.body(&keys, replica))).unwrap();
+                gate.ledger
+                    .as_ref()
+                    .unwrap()
+                    .absorb(store, wait.slot, &wait.record, &attempt, &reply)
+                    .unwrap()
+                    .unwrap();
+                (verdict, effects) = gate.ledger_take(store, *wait, NOW_MS);
+            }
+            (code(&verdict), effects)
+        }
+
+        #[test]
+        fn a_grant_is_exact_across_two_envoys() {
+            let mut etcd = Etcd::default();
+            let (a, sa) = ledger_gate(json!({"grant": {"requests": 5}}));
+            let (b, sb) = ledger_gate(json!({"grant": {"requests": 5}}));
+            let answers: Vec<&str> =
+                (0..8)
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            serve(&a, &sa, &mut etcd, "a", "k")
+                        } else {
+                            serve(&b, &sb, &mut etcd, "b", "k")
+                        }
+                    })
+                    .collect();
+            // A holds a block of 2 and B a block of 2; the fifth request is A's third, a block of 1.
+            assert_eq!(answers.iter().filter(|c| **c == "allow").count(), 5, "{answers:?}");
+            assert!(answers[5..].iter().all(|c| *c == "payment_exhausted"), "{answers:?}");
+        }
+
+        #[test]
+        fn a_binding_holds_on_every_envoy() {
+            let mut etcd = Etcd::default();
+            let extra = json!({"grant": {"requests": 10}, "bind_to": "header:x-api-key"});
+            let (a, sa) = ledger_gate(extra.clone());
+            let (b, sb) = ledger_gate(extra);
+            assert_eq!(serve(&a, &sa, &mut etcd, "a", "alice"), "allow");
+            assert_eq!(serve(&b, &sb, &mut etcd, "b", "bob"), "payment_bound_to_other_client");
+            assert_eq!(serve(&b, &sb, &mut etcd, "b", "alice"), "allow");
+            assert_eq!(serve(&a, &sa, &mut etcd, "a", "bob"), "payment_bound_to_other_client");
+        }
+
+        #[test]
+        fn consume_once_buys_one_request_mesh_wide() {
+            let mut etcd = Etcd::default();
+            let extra = json!({"ledger": {"etcd": {"cluster": "etcd", "authority": "etcd"}, "consume": "once"}});
+            let (a, sa) = ledger_gate(extra.clone());
+            let (b, sb) = ledger_gate(extra);
+            assert_eq!(serve(&b, &sb, &mut etcd, "b", "k"), "allow");
+            assert_eq!(serve(&a, &sa, &mut etcd, "a", "k"), "payment_exhausted");
+            assert_eq!(serve(&b, &sb, &mut etcd, "b", "k"), "payment_exhausted");
+        }
+
+        #[test]
+        fn warm_requests_need_no_ledger_and_signal_the_refill() {
+            let mut etcd = Etcd::default();
+            let (a, sa) = ledger_gate(
+                json!({"grant": {"requests": 100}, "ledger": {"etcd": {"cluster": "e", "authority": "e"}, "block": 8}}),
+            );
+            // First use takes a block of 8 and leaves 7: no refill yet.
+            let (answer, effects) = serve_with_effects(&a, &sa, &mut etcd, "a", "k");
+            assert_eq!((answer, effects.ledger_refill), ("allow", None));
+            // The next 7 come straight from the held block; the third leaves 4, half a block, and
+            // asks for the next block in the background; the rest ask for no second refill while
+            // the first is under way (one at a time per Envoy).
+            let refills: Vec<bool> = (0..7)
+                .map(|_| {
+                    let (v, effects) = admit(&a, &sa, "/api", &[], &[TXID]);
+                    assert_eq!(code(&v), "allow");
+                    effects.ledger_refill.is_some()
+                })
+                .collect();
+            assert_eq!(refills, [false, false, true, false, false, false, false]);
+            // The refill never came: the block is empty, so the next request waits for etcd.
+            assert_eq!(code(&admit(&a, &sa, "/api", &[], &[TXID]).0), "ledger");
+        }
+
+        #[test]
+        fn an_unreachable_ledger_is_a_503_or_a_marked_local_count() {
+            let (a, sa) = ledger_gate(json!({"grant": {"requests": 2}}));
+            let (v, _) = admit(&a, &sa, "/api", &[], &[TXID]);
+            let result = found(5000, Some(100));
+            let stored = a.remember(&sa, &ticket_of(v.clone()).txid, None, &result, NOW_MS);
+            let Verdict::Ledger(wait) = a.resolve(&sa, ticket_of(v), &result, stored, NOW_MS).0 else { panic!() };
+            let (v, _) = a.ledger_failed(&sa, (*wait).clone(), NOW_MS);
+            assert_eq!(code(&v), "ledger_unavailable");
+            let local = json!({"grant": {"requests": 2}, "ledger": {"etcd": {"cluster": "e", "authority": "e"}, "failure_mode": "local"}});
+            let (l, sl) = ledger_gate(local);
+            let (v, _) = admit(&l, &sl, "/api", &[], &[TXID]);
+            let stored = l.remember(&sl, &ticket_of(v.clone()).txid, None, &result, NOW_MS);
+            let Verdict::Ledger(wait) = l.resolve(&sl, ticket_of(v), &result, stored, NOW_MS).0 else { panic!() };
+            let answers: Vec<(Verdict, Effects)> =
+                (0..3).map(|_| l.ledger_failed(&sl, (*wait).clone(), NOW_MS)).collect();
+            assert!(matches!(
+                answers[0],
+                (Verdict::Allow { ledger_fallback: true, .. }, Effects { ledger_fallback: true, .. })
+            ));
+            assert_eq!(code(&answers[1].0), "allow");
+            assert_eq!(code(&answers[2].0), "payment_exhausted", "the local count still ends at the grant");
+        }
     }
 }

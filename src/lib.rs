@@ -18,6 +18,7 @@ pub mod gate;
 pub mod grant;
 pub mod guard;
 pub mod identity;
+pub mod ledger;
 pub mod memo;
 pub mod metrics;
 pub mod path;

@@ -32,6 +32,14 @@ pub enum Counter {
     GuardPosts,
     /// Posts to the node guard that could not be sent or were not accepted.
     GuardErrors,
+    /// Transactions sent to the ledger (etcd), including lease grants and retries.
+    LedgerCalls,
+    /// Ledger calls that failed (no answer, error status, unreadable reply).
+    LedgerErrors,
+    /// Blocks of requests the ledger granted to this Envoy.
+    LedgerBlocks,
+    /// Requests counted by this Envoy alone because the ledger was unreachable (failure_mode local).
+    LedgerFallbacks,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -57,10 +65,11 @@ pub enum RejectionKind {
     ProofInvalid,
     ExplorerDisagreement,
     PaymentReorged,
+    LedgerUnavailable,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 36] = [
+    pub const ALL: [Counter; 41] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -97,6 +106,11 @@ impl Counter {
         Counter::HeaderCacheHits,
         Counter::GuardPosts,
         Counter::GuardErrors,
+        Counter::LedgerCalls,
+        Counter::LedgerErrors,
+        Counter::LedgerBlocks,
+        Counter::LedgerFallbacks,
+        Counter::Rejected(RejectionKind::LedgerUnavailable),
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +142,7 @@ impl Counter {
                 RejectionKind::ProofInvalid => "txgate_rejected_proof_invalid",
                 RejectionKind::ExplorerDisagreement => "txgate_rejected_explorer_disagreement",
                 RejectionKind::PaymentReorged => "txgate_rejected_payment_reorged",
+                RejectionKind::LedgerUnavailable => "txgate_rejected_ledger_unavailable",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
             Counter::ExplorerErrors => "txgate_explorer_errors",
@@ -139,6 +154,10 @@ impl Counter {
             Counter::HeaderCacheHits => "txgate_spv_header_cache_hits",
             Counter::GuardPosts => "txgate_guard_posts",
             Counter::GuardErrors => "txgate_guard_errors",
+            Counter::LedgerCalls => "txgate_ledger_calls",
+            Counter::LedgerErrors => "txgate_ledger_errors",
+            Counter::LedgerBlocks => "txgate_ledger_blocks",
+            Counter::LedgerFallbacks => "txgate_ledger_fallbacks",
         }
     }
 
@@ -171,6 +190,7 @@ impl Rejection {
             Rejection::ProofInvalid => RejectionKind::ProofInvalid,
             Rejection::ExplorerDisagreement => RejectionKind::ExplorerDisagreement,
             Rejection::PaymentReorged => RejectionKind::PaymentReorged,
+            Rejection::LedgerUnavailable => RejectionKind::LedgerUnavailable,
         })
     }
 }
@@ -202,6 +222,7 @@ mod tests {
             Rejection::ProofInvalid,
             Rejection::ExplorerDisagreement,
             Rejection::PaymentReorged,
+            Rejection::LedgerUnavailable,
         ];
         for r in rejections {
             assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));

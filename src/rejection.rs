@@ -56,12 +56,17 @@ pub enum Rejection {
     ExplorerDisagreement,
     /// `verify: spv`: a payment seen confirmed before is no longer in the best chain.
     PaymentReorged,
+    /// The payment must be counted or bound in the mesh-wide ledger (etcd), which did not answer.
+    LedgerUnavailable,
 }
 
 const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
 
 /// Seconds a client should wait before retrying when no explorer answered.
 pub const EXPLORER_RETRY_AFTER_SECS: u32 = 5;
+
+/// Seconds a client should wait before retrying when the ledger (etcd) did not answer.
+pub const LEDGER_RETRY_AFTER_SECS: u32 = 2;
 
 impl Rejection {
     /// The stable, documented code in the body's `error` field (and in the metric name).
@@ -87,6 +92,7 @@ impl Rejection {
             Rejection::ProofInvalid => "proof_invalid",
             Rejection::ExplorerDisagreement => "explorer_disagreement",
             Rejection::PaymentReorged => "payment_reorged",
+            Rejection::LedgerUnavailable => "ledger_unavailable",
         }
     }
 
@@ -98,7 +104,8 @@ impl Rejection {
             | Rejection::VerificationBusy
             | Rejection::LedgerFull
             | Rejection::ProofInvalid
-            | Rejection::ExplorerDisagreement => 503,
+            | Rejection::ExplorerDisagreement
+            | Rejection::LedgerUnavailable => 503,
             Rejection::ClientBanned { .. } => 429,
             Rejection::Internal => 500,
             _ => 402,
@@ -136,6 +143,7 @@ impl Rejection {
             Rejection::ProofInvalid => "The block explorers' proof of this payment did not verify; retry shortly.".to_string(),
             Rejection::ExplorerDisagreement => "The block explorers disagree about the chain this payment is in; retry shortly.".to_string(),
             Rejection::PaymentReorged => "This payment's block is no longer in the best chain; wait for it to confirm again or make a new payment.".to_string(),
+            Rejection::LedgerUnavailable => "The payment ledger could not be reached to count this request; retry shortly.".to_string(),
         }
     }
 
@@ -183,6 +191,7 @@ impl Rejection {
             }
             Rejection::VerificationBusy => Some(1),
             Rejection::LedgerFull => Some(5),
+            Rejection::LedgerUnavailable => Some(u64::from(LEDGER_RETRY_AFTER_SECS)),
             Rejection::ClientBanned { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };

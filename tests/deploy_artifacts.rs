@@ -79,6 +79,18 @@ fn every_istio_wasmplugin_config_is_accepted_and_fails_closed() {
         for explorer in &config.explorers {
             check_istio_explorer(&docs, &what, &explorer.cluster, &explorer.authority);
         }
+        if let Some(ledger) = &config.ledger {
+            // An in-mesh etcd: its Service must exist on that port, and speak HTTP/1.1.
+            check_istio_explorer(&docs, &what, &ledger.cluster, &ledger.authority);
+            let host = ledger.cluster.rsplit('|').next().unwrap_or("");
+            let rule =
+                docs.iter().map(|(_, d)| d).find(|d| d["kind"] == "DestinationRule" && d["spec"]["host"] == host);
+            let rule = rule.unwrap_or_else(|| panic!("{what}: no DestinationRule for the ledger's etcd {host}"));
+            assert_eq!(
+                rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["h2UpgradePolicy"], "DO_NOT_UPGRADE",
+                "{what}: etcd's JSON gateway takes HTTP/1.1 only"
+            );
+        }
     }
 }
 
@@ -172,6 +184,18 @@ fn every_envoy_config_is_accepted_and_names_its_own_clusters() {
             let json: Value = serde_json::from_str(str_at(filter, "/configuration/value"))
                 .unwrap_or_else(|e| panic!("{what}: configuration is not JSON: {e}"));
             let config = parse(&json, &what);
+            if let Some(ledger) = &config.ledger {
+                let cluster = clusters
+                    .iter()
+                    .find(|c| c["name"] == ledger.cluster.as_str())
+                    .unwrap_or_else(|| panic!("{what}: ledger cluster {} is not defined", ledger.cluster));
+                // etcd's gateway on a plaintext port takes HTTP/1.1 only (h2c goes to its gRPC server).
+                assert!(
+                    cluster.get("http2_protocol_options").is_none()
+                        && cluster.get("typed_extension_protocol_options").is_none(),
+                    "{what}: the ledger cluster must speak HTTP/1.1"
+                );
+            }
             for explorer in &config.explorers {
                 let cluster = clusters
                     .iter()

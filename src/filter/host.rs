@@ -156,7 +156,7 @@ pub fn add_request_header(context_id: u32, name: &str, value: &str) {
 /// The headers a forwarded request carries to the API for this verdict.
 pub fn forwarded_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
     match verdict {
-        Verdict::Allow { txid, receipt, discount, address_path, .. } => {
+        Verdict::Allow { txid, receipt, discount, address_path, ledger_fallback, .. } => {
             let mut headers = vec![
                 ("x-txgate-txid", txid.to_string()),
                 ("x-txgate-paid-sats", receipt.paid_sats.to_string()),
@@ -167,6 +167,9 @@ pub fn forwarded_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
             }
             if let Some(path) = address_path {
                 headers.push(("x-txgate-address-path", path.clone()));
+            }
+            if *ledger_fallback {
+                headers.push(("x-txgate-unverified", "ledger_unavailable".to_string()));
             }
             headers
         }
@@ -211,6 +214,9 @@ pub fn carry_out_paused(
         Verdict::Lookup(ticket) => {
             send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&ticket.policy), payee);
         }
+        Verdict::Ledger(wait) => {
+            send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&wait.ticket.policy), payee);
+        }
         Verdict::Free | Verdict::Allow { .. } | Verdict::AllowUnverified => {
             for (name, value) in forwarded_headers(verdict) {
                 add_request_header(context_id, name, &value);
@@ -236,5 +242,9 @@ pub fn count_effects(metrics: &Metrics, effects: Effects) {
     }
     if effects.fail_open_limited {
         metrics.count(Counter::FailOpenLimited);
+    }
+    if effects.ledger_fallback {
+        log::warn!("txgate: ledger unavailable, request counted by this Envoy alone (ledger.failure_mode local)");
+        metrics.count(Counter::LedgerFallbacks);
     }
 }

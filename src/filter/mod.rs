@@ -2,6 +2,7 @@
 //! through `proxy_wasm::hostcalls` so that its error is handled here instead of unwrapped.
 
 mod host;
+mod ledger;
 mod payment_check;
 mod root;
 mod verifier;

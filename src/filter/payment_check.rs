@@ -9,7 +9,8 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::host::{self, HostStore, Metrics};
-use super::root::{arm_tick, queue_guard_post};
+use super::ledger::Enqueued as LedgerEnqueued;
+use super::root::{arm_tick, queue_guard_post, start_refill};
 use super::verifier::{Enqueued, Verifier};
 use crate::config::AccessRef;
 use crate::discount::Condition;
@@ -169,8 +170,28 @@ impl PaymentCheck {
                 }
             }
         }
+        start_refill(&self.verifier, effects, now_ms);
         let mut ticket = match verdict {
             Verdict::Lookup(ticket) => ticket,
+            Verdict::Ledger(wait) => {
+                // The request goes on later, from the root context: drop forged headers now.
+                if forged && !self.remove_forged(&headers) {
+                    return self.refuse(gate, Rejection::Internal);
+                }
+                let Ok(mut v) = self.verifier.try_borrow_mut() else {
+                    return self.refuse(gate, Rejection::VerificationBusy);
+                };
+                let queued = match v.ledger.enqueue(self.id, *wait, now_ms) {
+                    LedgerEnqueued::Started | LedgerEnqueued::Joined => arm_tick(&mut v),
+                    LedgerEnqueued::Busy => false,
+                };
+                drop(v);
+                if !queued {
+                    return self.refuse(gate, Rejection::VerificationBusy);
+                }
+                self.waiting = true;
+                return Action::Pause;
+            }
             Verdict::Reject { rejection, policy } => {
                 // A 402 shows the client its own address (xpub pay_to; derived once per identity).
                 let payee = (rejection.status() == 402).then(|| gate.client_address(&facts)).flatten();

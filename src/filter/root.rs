@@ -10,14 +10,16 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::host::{self, HostStore, Metrics};
+use super::ledger::{Answer, Enqueued};
 use super::payment_check::PaymentCheck;
 use super::verifier::{Call, Verifier};
 use crate::breaker::{first_explorer, next_explorer, Breaker};
 use crate::config::Config;
 use crate::duration::millis;
 use crate::esplora::{self, ExplorerError, TxAnswer, MAX_BODY_BYTES};
-use crate::gate::{Gate, LookupResult, Stored};
+use crate::gate::{Effects, Gate, LookupResult, Stored, Verdict};
 use crate::metrics::Counter;
+use crate::rejection::Rejection;
 use crate::spv_lookup::{Env, Fetch, Next, Outcome, SpvLookup};
 use crate::txid::Txid;
 
@@ -430,19 +432,53 @@ impl FilterRoot {
                 };
                 let payee = ticket.payee.clone();
                 let (verdict, effects) = gate.resolve(&HostStore, ticket, &result, stored, now_ms);
-                host::count_effects(metrics, effects);
-                // A request that ended while waiting is gone from the host: nothing to answer.
-                if hostcalls::set_effective_context(context_id).is_err() {
-                    continue;
-                }
-                if let (true, Some(_)) = (effects.banned, &gate.config.guard) {
-                    let source = host::property(&["source", "address"]);
-                    if let (Some(source), Ok(mut v)) = (source, self.verifier.try_borrow_mut()) {
-                        queue_guard_post(&mut v, gate, &source, u64::MAX);
-                    }
-                }
-                host::carry_out_paused(context_id, gate, metrics, &verdict, payee.as_ref());
+                self.answer(gate, metrics, (context_id, verdict, effects, payee), now_ms);
             }
+        }
+    }
+
+    /// Answers one paused request, or parks it on the ledger when its payment needs etcd.
+    fn answer(&self, gate: &Gate, metrics: &Metrics, answer: Answer, now_ms: u64) {
+        let (context_id, mut verdict, effects, payee) = answer;
+        host::count_effects(metrics, effects);
+        self.start_refill(effects, now_ms);
+        if let Verdict::Ledger(wait) = verdict {
+            let policy = wait.ticket.policy;
+            let queued = match self.verifier.try_borrow_mut() {
+                Ok(mut v) => match v.ledger.enqueue(context_id, *wait, now_ms) {
+                    Enqueued::Started | Enqueued::Joined => arm_tick(&mut v),
+                    Enqueued::Busy => false,
+                },
+                Err(_) => false,
+            };
+            if queued {
+                return;
+            }
+            verdict = Verdict::Reject { rejection: Rejection::VerificationBusy, policy: Some(policy) };
+        }
+        // A request that ended while waiting is gone from the host: nothing to answer.
+        if hostcalls::set_effective_context(context_id).is_err() {
+            return;
+        }
+        if let (true, Some(_)) = (effects.banned, &gate.config.guard) {
+            let source = host::property(&["source", "address"]);
+            if let (Some(source), Ok(mut v)) = (source, self.verifier.try_borrow_mut()) {
+                queue_guard_post(&mut v, gate, &source, u64::MAX);
+            }
+        }
+        host::carry_out_paused(context_id, gate, metrics, &verdict, payee.as_ref());
+    }
+
+    /// A request took its Envoy's held block to the low-water mark: reserve the next one now.
+    fn start_refill(&self, effects: Effects, now_ms: u64) {
+        start_refill(&self.verifier, effects, now_ms);
+    }
+
+    fn answer_all(&self, gate: &Gate, answers: Vec<Answer>) {
+        let Some(metrics) = &self.metrics else { return };
+        let now_ms = host::now_unix_ms();
+        for answer in answers {
+            self.answer(gate, metrics, answer, now_ms);
         }
     }
 }
@@ -486,6 +522,7 @@ impl Context for FilterRoot {
         let now_ms = host::now_unix_ms();
         let answer = read_callout(num_headers, body_size);
         let mut done = Finished::new();
+        let mut ledger_done: Vec<Answer> = Vec::new();
         {
             let Ok(mut v) = self.verifier.try_borrow_mut() else {
                 log::error!("txgate: explorer answer arrived while the verifier was busy; dropped");
@@ -516,9 +553,16 @@ impl Context for FilterRoot {
                         self.spv_drive(&gate, &mut v, &txid, next, now_ms, &mut done);
                     }
                 }
-                None => return,
+                None => {
+                    let (Some(call), Some(metrics)) = (v.ledger.calls.remove(&token_id), &self.metrics) else { return };
+                    v.ledger.on_response(&gate, metrics, call, answer.ok(), now_ms, &mut ledger_done);
+                    if v.ledger.has_pending() && !arm_tick(&mut v) {
+                        log::error!("txgate: arming the tick for a ledger retry failed");
+                    }
+                }
             }
         }
+        self.answer_all(&gate, ledger_done);
         self.finish(&gate, done);
     }
 }
@@ -571,6 +615,7 @@ impl RootContext for FilterRoot {
         let mut done = Finished::new();
         let posts;
         let sweep;
+        let mut ledger_done: Vec<Answer> = Vec::new();
         {
             let Ok(mut v) = self.verifier.try_borrow_mut() else { return };
             let pending = std::mem::take(&mut v.pending);
@@ -591,6 +636,9 @@ impl RootContext for FilterRoot {
                 for txid in pending {
                     self.dispatch_tx(&gate, &mut v, txid, 0, now_ms, &mut done);
                 }
+            }
+            if let Some(metrics) = &self.metrics {
+                v.ledger.dispatch_pending(&gate, metrics, now_ms, &mut ledger_done);
             }
             v.tick_armed = false;
             let limit = millis(gate.config.deadline).saturating_add(SWEEP_GRACE_MS);
@@ -613,6 +661,7 @@ impl RootContext for FilterRoot {
         if let Err(status) = hostcalls::set_tick_period(period) {
             log::warn!("txgate: setting the tick failed: {status:?}");
         }
+        self.answer_all(&gate, ledger_done);
         self.finish(&gate, done);
     }
 
@@ -647,6 +696,16 @@ impl FilterRoot {
                 self.count(Counter::GuardErrors);
                 log::warn!("txgate: cannot call the node guard's cluster {:?}: {status:?}", guard.cluster);
             }
+        }
+    }
+}
+
+/// Starts a background reservation when `effects` ask for one (warm path at the low-water mark).
+pub fn start_refill(verifier: &RefCell<Verifier>, effects: Effects, now_ms: u64) {
+    let Some((slot, record)) = effects.ledger_refill else { return };
+    if let Ok(mut v) = verifier.try_borrow_mut() {
+        if v.ledger.refill(slot, record, now_ms) && !arm_tick(&mut v) {
+            log::error!("txgate: arming the tick for a ledger refill failed");
         }
     }
 }

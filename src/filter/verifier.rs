@@ -65,6 +65,8 @@ pub struct Verifier {
     /// Bans (address, seconds) the root posts to the node guard on its next tick.
     pub guard_posts: Vec<(String, u64)>,
     pub guard_reposts: crate::guard::Reposts,
+    /// Requests and calls waiting on the ledger (etcd), when one is configured.
+    pub ledger: super::ledger::LedgerQueue,
 }
 
 pub enum Enqueued {
@@ -122,6 +124,7 @@ impl Verifier {
 
     /// Forgets a request that ended (client gone) while waiting.
     pub fn forget(&mut self, context_id: u32) {
+        self.ledger.forget(context_id);
         for lookup in self.lookups.values_mut() {
             let before = lookup.waiters.len();
             lookup.waiters.retain(|(id, _)| *id != context_id);
