@@ -32,7 +32,8 @@ WORK = REPO / "target" / "e2e-mutants"
 TREE = WORK / "tree"
 TARGET = WORK / "target"
 WASM = TARGET / "wasm32-wasip1" / "release" / "txgate.wasm"
-ENVOY_TESTS = ["payment_gate", "payment_cache", "failover", "mtls", "bad_config", "security", "per_client_address"]
+ENVOY_TESTS = ["payment_gate", "payment_cache", "failover", "mtls", "bad_config", "security", "per_client_address",
+               "ledger"]
 TEST_TIMEOUT = 600
 
 # (name, file, original snippet, replacement, what it breaks). `glue` ones are the point of this
@@ -52,12 +53,13 @@ MUTANTS = [
      "        if !forged || matches!(verdict, Verdict::Allow { from_cache: true, .. }) {\n",
      "glue: a cache hit keeps the client's x-txgate-* headers"),
     ("forged_kept_on_lookup", "src/filter/payment_check.rs",
-     "if forged && !self.remove_forged(&headers) {",
-     "if false && !self.remove_forged(&headers) {",
+     "        // The request will go on later, from the root context: drop forged headers now.\n"
+     "        if forged && !self.remove_forged(&headers) {",
+     "        if false && !self.remove_forged(&headers) {",
      "glue: a request that waits for the explorer keeps forged x-txgate-* headers"),
     ("cached_receipt_zeroed", "src/filter/host.rs",
-     "Verdict::Allow { txid, receipt, discount, address_path, .. } => {",
-     "Verdict::Allow { txid, receipt, discount, address_path, from_cache } => {\n"
+     "Verdict::Allow { txid, receipt, discount, address_path, ledger_fallback, .. } => {",
+     "Verdict::Allow { txid, receipt, discount, address_path, ledger_fallback, from_cache } => {\n"
      "            let zero = crate::payment::Receipt { paid_sats: 0, confirmations: 0 };\n"
      "            let receipt = if *from_cache { &zero } else { receipt };",
      "glue: cache hits forward paid-sats 0 and confirmations 0"),
@@ -134,6 +136,21 @@ MUTANTS = [
      "Verdict::Free => metrics.count(Counter::Free),",
      "Verdict::Free => {}",
      "glue: a free request is forwarded without being counted (the stacks' final check)"),
+    ("ledger_no_background_refill", "src/filter/ledger.rs",
+     "    pub fn refill(&mut self, slot: usize, record: [u8; 32], now_ms: u64) -> bool {\n",
+     "    pub fn refill(&mut self, slot: usize, record: [u8; 32], now_ms: u64) -> bool {\n"
+     "        if now_ms > 0 {\n            return false;\n        }\n",
+     "glue: no background refill at the low-water mark (every block runs out before the next)"),
+    ("ledger_failure_forwarded", "src/filter/ledger.rs",
+     "            let (verdict, effects) = gate.ledger_failed(&HostStore, wait, now_ms);",
+     "            let (verdict, effects) = (Verdict::Allow { txid: wait.ticket.txid.clone(), receipt: wait.receipt, "
+     "discount: None, from_cache: false, address_path: None, ledger_fallback: false }, Effects::default());",
+     "glue: a request that needs an unreachable etcd is let through (closed mode)"),
+    ("ledger_reply_ignored", "src/filter/ledger.rs",
+     "(Some(table), Some(slot)) => table.absorb(&HostStore, slot, &record, &attempt, &reply),",
+     "(Some(_), Some(_)) => Ok::<_, crate::store::UpdateError>(Ok::<_, crate::ledger::held::Unexpected>("
+     "Absorbed::Granted(0))),",
+     "glue: etcd's reply is never folded into the held blocks"),
     ("vm_panics_on_504", "src/filter/root.rs",
      "    if body_size > MAX_BODY_BYTES {",
      "    if status == 504 {\n        panic!(\"mutant\");\n    }\n    if body_size > MAX_BODY_BYTES {",
