@@ -605,4 +605,99 @@ mod tests {
         tips.write(&store, 0, 99, 2).unwrap();
         assert_eq!(tips.read(&store, 0), Some((99, 2)), "a reorg or a lagging explorer lowers it");
     }
+
+    #[test]
+    fn any_count_window_or_binding_makes_a_record_worth_keeping() {
+        let base = PaymentRecord::new(txid(1), confirmed(1), 0, 0);
+        assert!(!base.counts_something());
+        for r in [
+            PaymentRecord { used: 1, ..base },
+            PaymentRecord { first_used: 1, ..base },
+            PaymentRecord { bound_to: 1, ..base },
+        ] {
+            assert!(r.counts_something(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_is_past_every_max_age_only_strictly_after_it() {
+        let longest = Some(100);
+        let r = PaymentRecord::new(txid(1), confirmed(1), 0, 0); // block time NOW / 1000
+        let at = |secs: u64| r.past_every_max_age(longest, (NOW / 1000 + secs) * 1000);
+        assert!(!at(100), "at exactly max_age a route still accepts it");
+        assert!(at(101));
+        assert!(!r.past_every_max_age(None, u64::MAX), "no max_age: never");
+        // Not in a block: counted from when it was stored (ms).
+        let seen = PaymentRecord::new(txid(1), PaymentState::Unconfirmed { paid_sats: 1, seen_at_tip: 0 }, 0, 5_000);
+        assert!(!seen.past_every_max_age(longest, 105_000));
+        assert!(seen.past_every_max_age(longest, 106_000));
+    }
+
+    #[test]
+    fn the_oldest_uncounted_payment_gives_way_first() {
+        let store = MemoryStore::default();
+        let t = table(&store, 2);
+        // Two slots: every txid's candidates are both of them.
+        let old = txid(10);
+        let new = txid(11);
+        t.put(&store, &old, confirmed(1000), 0, 0, NOW).unwrap();
+        t.put(&store, &new, confirmed(1000), 0, 0, NOW + 1_000).unwrap();
+        t.put(&store, &txid(12), confirmed(1000), 0, 0, NOW + 2_000).unwrap();
+        assert!(t.find(&store, &old).is_none(), "the older one was evicted");
+        assert!(t.find(&store, &new).is_some());
+        // A stale mempool answer goes before a fresh confirmed one, however new it is.
+        let stale = txid(13);
+        t.put(
+            &store,
+            &stale,
+            PaymentState::Unconfirmed { paid_sats: 1000, seen_at_tip: 0 },
+            NOW + 2_500,
+            0,
+            NOW + 3_000,
+        )
+        .unwrap();
+        t.put(&store, &txid(14), confirmed(1000), 0, 0, NOW + 4_000).unwrap();
+        assert!(t.find(&store, &stale).is_none(), "expired at NOW + 2500: evicted first");
+    }
+
+    #[test]
+    fn txid_bytes_are_the_hex_digits_in_order() {
+        let id = crate::txid::Txid::parse(b"0001020304050607080910111213141516171819202122232425262728293031").unwrap();
+        let bytes = txid_bytes(&id);
+        assert_eq!(bytes[0], 0x00);
+        assert_eq!(bytes[1], 0x01);
+        assert_eq!(bytes[31], 0x31);
+    }
+
+    #[test]
+    fn tables_know_their_size_and_keyed_ids_depend_on_the_secret() {
+        let (a, b) = (MemoryStore::default(), MemoryStore::default());
+        let (ta, tb) = (table(&a, 64), table(&b, 64));
+        assert_eq!(ta.slots(), 64);
+        assert_ne!(ta.keyed(7), ta.keyed(8));
+        assert_ne!(ta.keyed(7), tb.keyed(7), "another deployment, another slot");
+        assert!(ta.keyed(7) > 1);
+    }
+
+    #[test]
+    fn a_worker_picks_up_a_secret_another_worker_wrote() {
+        let store = MemoryStore::default();
+        let t = table(&store, 4096);
+        let before = t.candidates(&txid(3));
+        store.set("txgate/test/slot-secret", &[9u8; 16], 0).unwrap();
+        assert_eq!(t.candidates(&txid(3)), before, "kept until refreshed");
+        t.refresh(&store);
+        assert_ne!(t.candidates(&txid(3)), before);
+    }
+
+    #[test]
+    fn the_two_candidate_slots_are_independent() {
+        let store = MemoryStore::default();
+        let t = table(&store, 4096);
+        let adjacent = (0..200u32).filter(|i| {
+            let [a, b] = t.candidates(&txid(*i));
+            b == (a + 1) % 4096
+        });
+        assert!(adjacent.count() < 5, "the second slot is not derived from the first");
+    }
 }
