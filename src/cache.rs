@@ -699,5 +699,10 @@ mod tests {
             b == (a + 1) % 4096
         });
         assert!(adjacent.count() < 5, "the second slot is not derived from the first");
+        let small = table(&store, 4);
+        for i in 0..200u32 {
+            let [a, b] = small.candidates(&txid(i));
+            assert_ne!(a, b, "two different slots, even when both hashes agree");
+        }
     }
 }
