@@ -1241,6 +1241,47 @@ mod tests {
     }
 
     #[test]
+    fn clients_without_the_identity_are_struck_by_their_own_address() {
+        let (gate, store) = gate(json!({"penalty": {"identity": "header:x-key", "max_strikes": 2}}));
+        let from = |source: &str| {
+            let facts = RequestFacts {
+                path: "/api",
+                headers: &[],
+                principal: None,
+                source_address: Some(source),
+                source_trusted: true,
+                claims: &[],
+                now_ms: NOW_MS,
+            };
+            gate.admit(&store, &facts, &[b"bogus".as_slice()]).0
+        };
+        assert_eq!(code(&from("10.0.0.1:1")), "invalid_txid");
+        assert_eq!(code(&from("10.0.0.1:2")), "invalid_txid");
+        assert_eq!(code(&from("10.0.0.1:3")), "client_banned", "two strikes for 10.0.0.1");
+        assert_eq!(code(&from("10.0.0.2:1")), "invalid_txid", "another address is another client");
+    }
+
+    #[test]
+    fn a_quarter_of_the_lookups_is_kept_for_clients_without_strikes() {
+        assert_eq!(reserved_for_clean(64), 16);
+        assert_eq!(reserved_for_clean(2), 1);
+        assert_eq!(reserved_for_clean(1), 0, "a single lookup is for everyone");
+        let (gate, _) = gate(json!({"max_inflight": 8}));
+        let mut ticket = ticket_of(admit(&gate, &MemoryStore::default(), "/api", &[], &[TXID]).0);
+        assert!(gate.lookup_fits(&ticket, 7, 0));
+        ticket.has_strikes = true;
+        assert!(gate.lookup_fits(&ticket, 5, 0));
+        assert!(!gate.lookup_fits(&ticket, 6, 0), "the last two are kept for clean clients");
+        assert!(!gate.lookup_fits(&ticket, 0, ticket.inflight_limit), "and each client has its own cap");
+    }
+
+    #[test]
+    fn a_derivation_path_reads_branch_then_the_two_halves() {
+        let a = ClientAddress { address: "bcrt1q".into(), path: (3, 12, 34) };
+        assert_eq!(a.path_text(), "3/12/34");
+    }
+
+    #[test]
     fn a_source_address_the_client_chose_never_stands_for_it() {
         let untrusted = |gate: &Gate, store: &MemoryStore, hs: &[(&str, &str)]| {
             let headers = headers(hs);
