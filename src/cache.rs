@@ -661,6 +661,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_payment_takes_the_slot_that_may_give_way_even_if_the_other_is_older() {
+        let store = MemoryStore::default();
+        let t = table(&store, 2);
+        let counted = txid(20);
+        let slot = t.put(&store, &counted, confirmed(1000), 0, 0, NOW).unwrap();
+        count_use(&t, &store, slot);
+        t.put(&store, &txid(21), confirmed(1000), 0, 0, NOW + 1_000).unwrap();
+        assert!(t.put(&store, &txid(22), confirmed(1000), 0, 0, NOW + 2_000).is_ok(), "the uncounted one gives way");
+        assert!(t.find(&store, &counted).is_some());
+        assert!(t.find(&store, &txid(21)).is_none());
+    }
+
+    #[test]
     fn txid_bytes_are_the_hex_digits_in_order() {
         let id = crate::txid::Txid::parse(b"0001020304050607080910111213141516171819202122232425262728293031").unwrap();
         let bytes = txid_bytes(&id);
