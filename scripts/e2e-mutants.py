@@ -54,8 +54,8 @@ MUTANTS = [
      "glue: a cache hit keeps the client's x-txgate-* headers"),
     ("forged_kept_on_lookup", "src/filter/payment_check.rs",
      "        // The request will go on later, from the root context: drop forged headers now.\n"
-     "        if forged && !self.remove_forged(&headers) {",
-     "        if false && !self.remove_forged(&headers) {",
+     "        if forged && !self.remove_own(MapType::HttpRequestHeaders, &headers) {",
+     "        if false && !self.remove_own(MapType::HttpRequestHeaders, &headers) {",
      "glue: a request that waits for the explorer keeps forged x-txgate-* headers"),
     ("cached_receipt_zeroed", "src/filter/host.rs",
      "Verdict::Allow { txid, receipt, discount, address_path, ledger_fallback, .. } => {",

@@ -175,7 +175,7 @@ impl PaymentCheck {
             Verdict::Lookup(ticket) => ticket,
             Verdict::Ledger(wait) => {
                 // The request goes on later, from the root context: drop forged headers now.
-                if forged && !self.remove_forged(&headers) {
+                if forged && !self.remove_own(MapType::HttpRequestHeaders, &headers) {
                     return self.refuse(gate, Rejection::Internal);
                 }
                 let Ok(mut v) = self.verifier.try_borrow_mut() else {
@@ -207,7 +207,7 @@ impl PaymentCheck {
             ticket.client_key = identity_hash(&IdentitySource::SourceAddress, client_address(&source).as_bytes());
         }
         // The request will go on later, from the root context: drop forged headers now.
-        if forged && !self.remove_forged(&headers) {
+        if forged && !self.remove_own(MapType::HttpRequestHeaders, &headers) {
             return self.refuse(gate, Rejection::Internal);
         }
         let Ok(mut v) = self.verifier.try_borrow_mut() else {
@@ -288,18 +288,21 @@ impl PaymentCheck {
         true
     }
 
-    fn remove_forged(&self, headers: &[(String, Vec<u8>)]) -> bool {
+    /// Removes every `x-txgate-*` name (any spelling) from a header or trailer map; false when
+    /// the host refused a removal (each is tried and logged).
+    fn remove_own(&self, map: MapType, entries: &[(String, Vec<u8>)]) -> bool {
         let mut removed: Vec<&str> = Vec::new();
-        for (name, _) in headers {
+        let mut all = true;
+        for (name, _) in entries {
             if is_own_header(name) && !removed.contains(&name.as_str()) {
-                if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-                    log::error!("#{} txgate: removing client header {name} failed: {status:?}", self.id);
-                    return false;
+                if let Err(status) = hostcalls::remove_map_value(map, name) {
+                    log::error!("#{} txgate: removing client {name} ({map:?}) failed: {status:?}", self.id);
+                    all = false;
                 }
                 removed.push(name);
             }
         }
-        true
+        all
     }
 
     fn refuse(&self, gate: &Gate, rejection: Rejection) -> Action {
@@ -323,15 +326,8 @@ impl HttpContext for PaymentCheck {
     /// Forged `x-txgate-*` trailers would reach an HTTP/2 backend that reads trailers.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         let Ok(trailers) = hostcalls::get_map_bytes(MapType::HttpRequestTrailers) else { return Action::Continue };
-        let mut removed: Vec<&str> = Vec::new();
-        for (name, _) in &trailers {
-            if is_own_header(name) && !removed.contains(&name.as_str()) {
-                if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestTrailers, name) {
-                    log::error!("#{} txgate: removing client trailer {name} failed: {status:?}", self.id);
-                }
-                removed.push(name);
-            }
-        }
+        // A removal the host refuses is logged; the request goes on, as it always has here.
+        let _ = self.remove_own(MapType::HttpRequestTrailers, &trailers);
         Action::Continue
     }
 
