@@ -488,24 +488,12 @@ impl Default for HeaderCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spv::vectors::mine;
     use crate::spv::vectors::{B170_TX1, B170_TX1_TXID};
     use crate::spv::{default_floor, dsha256};
     use serde_json::json;
 
     const H: u32 = 100;
-
-    /// Mines a header on `prev` at `bits`.
-    fn mine(prev: Hash256, merkle_root: Hash256, time: u32, bits: u32) -> Header {
-        let target = Target::from_compact(bits).unwrap();
-        for nonce in 0u32.. {
-            let fields = Header { version: 0x2000_0000, prev, merkle_root, time, bits, nonce, hash: Hash256([0; 32]) };
-            let header = Header::from_bytes(&fields.to_bytes()).unwrap();
-            if target.is_met_by(&header.hash) {
-                return header;
-            }
-        }
-        panic!("no nonce meets {bits:08x}")
-    }
 
     /// Blocks H-2 ..= H+2 at regtest bits; block H holds only B170's tx 1 (root = txid).
     fn chain(bits: u32) -> Vec<(u32, Header)> {

@@ -135,6 +135,7 @@ mod tests {
     use crate::spv::hash::dsha256;
     use crate::spv::header::HeaderError;
     use crate::spv::target::{default_floor, TESTNET_FLOOR_BITS};
+    use crate::spv::vectors::mine;
     use crate::spv::vectors::*;
 
     fn h(text: &str) -> Hash256 {
@@ -328,19 +329,6 @@ mod tests {
             min_depth: 1,
         };
         assert_eq!(verify(&e), Err(ProofError::SixtyFourByteTx));
-    }
-
-    /// Mines a header at `bits` on top of `prev` (regtest-easy bits take a couple of tries).
-    fn mine(prev: Hash256, merkle_root: Hash256, time: u32, bits: u32) -> Header {
-        let target = Target::from_compact(bits).unwrap();
-        for nonce in 0u32.. {
-            let fields = Header { version: 0x2000_0000, prev, merkle_root, time, bits, nonce, hash: Hash256([0; 32]) };
-            let header = Header::from_bytes(&fields.to_bytes()).unwrap();
-            if target.is_met_by(&header.hash) {
-                return header;
-            }
-        }
-        panic!("no nonce meets {bits:08x}")
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //!   mempool.space's Esplora API (`/tx/:txid/merkle-proof`, `/tx/:txid/merkleblock-proof`,
 //!   `/block/:hash/header`, `/blocks/:height`, signet `/tx/:txid/hex`).
 //! - spesmilo/electrum@294d2140 `tests/test_verifier.py`: CVE-2017-12842 and CVE-2012-2459 vectors.
+
 #![allow(dead_code)]
+
+use super::hash::Hash256;
+use super::header::Header;
+use super::target::Target;
 
 /// Block 0's coinbase (first-100k-blocks.dat).
 pub const GENESIS_COINBASE: &str = "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff4d04ffff001d0104455468652054696d65732030332f4a616e2f32303039204368616e63656c6c6f72206f6e206272696e6b206f66207365636f6e64206261696c6f757420666f722062616e6b73ffffffff0100f2052a01000000434104678afdb0fe5548271967f1a67130b7105cd6a828e03909a67962e0ea1f61deb649f6bc3f4cef38c4f35504e51ec112de5c384df7ba0b8d578a4c702b6bf11d5fac00000000";
@@ -152,3 +157,16 @@ pub const ELECTRUM_DUP_BRANCH: [&str; 2] = [
     "a8484ccbaa74ffa060d0a500f7ce3ea4953beace18df8384024dfa9290385b1c",
 ];
 pub const ELECTRUM_DUP_ROOT: &str = "3465af659f6438b133c6d980accbb61b7be43f8ad899e40054e33b37aecba28e";
+
+/// Mines a header at `bits` on top of `prev` (regtest-easy bits take a couple of tries).
+pub(crate) fn mine(prev: Hash256, merkle_root: Hash256, time: u32, bits: u32) -> Header {
+    let target = Target::from_compact(bits).unwrap();
+    for nonce in 0u32.. {
+        let fields = Header { version: 0x2000_0000, prev, merkle_root, time, bits, nonce, hash: Hash256([0; 32]) };
+        let header = Header::from_bytes(&fields.to_bytes()).unwrap();
+        if target.is_met_by(&header.hash) {
+            return header;
+        }
+    }
+    panic!("no nonce meets {bits:08x}")
+}
