@@ -267,13 +267,7 @@ impl Replica {
 
     /// No panic, trap or critical line in the log, and the filter configured itself.
     fn check_log(&self) {
-        let log = self.log();
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("panicked") || l.contains("[critical]") || l.contains("wasm trap"))
-            .collect();
-        assert!(bad.is_empty(), "Envoy log has panic/critical lines:\n{}", bad.join("\n"));
-        assert!(log.contains("txgate configured:"), "the filter never logged its configuration:\n{log}");
+        common::assert_clean_envoy_log(&self.log());
     }
 
     fn kill(&mut self) {
@@ -297,14 +291,7 @@ fn get(agent: &ureq::Agent, port: u16, txid: &str, client: Option<&str>) -> Repl
         builder = builder.header("x-api-key", c);
     }
     let mut response = agent.run(builder.body(()).unwrap()).unwrap_or_else(|e| panic!("GET through {port}: {e}"));
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    Reply { status, headers, body }
+    Reply::from_response(&mut response)
 }
 
 fn code(r: &Reply) -> String {

@@ -278,7 +278,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn from_response(response: &mut ureq::http::Response<ureq::Body>) -> Reply {
+    pub fn from_response(response: &mut ureq::http::Response<ureq::Body>) -> Reply {
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -613,12 +613,7 @@ impl Stack {
         let status = envoy.terminate();
         let log = self.envoy_log();
         assert!(status.success(), "Envoy exited with {status} on SIGTERM:\n{log}");
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("panicked") || l.contains("[critical]") || l.contains("wasm trap"))
-            .collect();
-        assert!(bad.is_empty(), "Envoy log has panic/critical lines:\n{}", bad.join("\n"));
-        assert!(log.contains("txgate configured:"), "the filter never logged its configuration:\n{log}");
+        assert_clean_envoy_log(&log);
     }
 
     /// A request without a txid on a paid path: only a live filter answers it with its JSON.
@@ -736,4 +731,12 @@ pub fn envoy_refuses(plugin: &Value) -> (bool, String) {
         Err(EnvoyStartError::Exited(log)) => (true, log),
         Err(other) => panic!("Envoy neither started nor refused the configuration: {other:?}"),
     }
+}
+
+/// An Envoy log with no panic, trap or critical line, in which the filter configured itself.
+pub fn assert_clean_envoy_log(log: &str) {
+    let bad: Vec<&str> =
+        log.lines().filter(|l| l.contains("panicked") || l.contains("[critical]") || l.contains("wasm trap")).collect();
+    assert!(bad.is_empty(), "Envoy log has panic/critical lines:\n{}", bad.join("\n"));
+    assert!(log.contains("txgate configured:"), "the filter never logged its configuration:\n{log}");
 }
