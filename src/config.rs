@@ -26,6 +26,10 @@ const MAX_SATS: u64 = 2_100_000_000_000_000;
 const MAX_CONFIRMATIONS: u32 = 10_000;
 /// Under `verify: spv` every required header is fetched and checked (10 per explorer call).
 pub const MAX_SPV_CONFIRMATIONS: u32 = 100;
+/// BTCPay's default payment tolerance is 0 %; wallets' fee surprises are a few percent at most.
+const MAX_TOLERANCE_PERCENT: u8 = 10;
+/// Operator texts shown on the paywall and in the manifest.
+const MAX_TEXT_FIELD: usize = 512;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +61,11 @@ struct RawConfig {
     /// Read by hand (`validate_guard`): a derived struct costs the wasm about 2 KB.
     guard: Option<serde_json::Value>,
     ledger: Option<serde_json::Value>,
+    mode: Option<String>,
+    tolerance_percent: Option<u8>,
+    paywall: Option<serde_json::Value>,
+    manifest: Option<serde_json::Value>,
+    txid_cookie: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +164,7 @@ struct RawRoute {
 }
 
 /// What a paid route asks of a payment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Policy {
     pub price_sats: u64,
     pub min_confirmations: u32,
@@ -226,6 +235,29 @@ pub struct Config {
     pub guard: Option<GuardConfig>,
     /// Grants and bindings kept mesh-wide on etcd (see `ledger`); `None`: per Envoy.
     pub ledger: Option<LedgerConfig>,
+    /// `mode: shadow`: every request is decided and counted, and let through marked.
+    pub shadow: bool,
+    /// An underpayment by at most this share of the price is accepted (fee surprises).
+    pub tolerance_percent: u8,
+    /// The browser page for 402s; `None` when `paywall.enabled` is false.
+    pub paywall: Option<PaywallConfig>,
+    /// `GET /.well-known/txgate`; `None` when `manifest.enabled` is false.
+    pub manifest: Option<ManifestConfig>,
+    /// The txid may come in the `txgate_txid` cookie (the paywall sets it).
+    pub txid_cookie: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaywallConfig {
+    pub title: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestConfig {
+    pub name: String,
+    pub description: String,
+    pub contact: String,
 }
 
 /// `verify`: what an explorer's answer must carry before a payment counts.
@@ -400,6 +432,20 @@ impl Config {
             validate_spv_routes(&default_policy, &routes)?;
         }
         let guard = raw.guard.map(|g| validate_guard(g, penalty.as_ref())).transpose()?;
+        let shadow = match raw.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("shadow") => true,
+            Some(other) => return refuse("mode", format!("\"{other}\" is not one of enforce, shadow")),
+        };
+        let tolerance_percent = raw.tolerance_percent.unwrap_or(0);
+        if tolerance_percent > MAX_TOLERANCE_PERCENT {
+            return refuse(
+                "tolerance_percent",
+                format!("must be at most {MAX_TOLERANCE_PERCENT}: it forgives fee surprises, not prices"),
+            );
+        }
+        let paywall = validate_paywall(raw.paywall)?;
+        let manifest = validate_manifest(raw.manifest)?;
         let config = Config {
             header,
             network,
@@ -422,6 +468,11 @@ impl Config {
             verify,
             guard,
             ledger,
+            shadow,
+            tolerance_percent,
+            paywall,
+            manifest,
+            txid_cookie: raw.txid_cookie.unwrap_or(true),
         };
         if config.pay_to_xpub.is_some() && config.bind_to.is_none() {
             return refuse(
@@ -491,7 +542,14 @@ impl Config {
             Access::Free => None,
         });
         let lowest = prices.chain([self.default_policy.price_sats]).min().unwrap_or(1);
-        best_discount.map_or(lowest, |percent| discounted(lowest, percent))
+        self.accepted_sats(best_discount.map_or(lowest, |percent| discounted(lowest, percent)))
+    }
+
+    /// The least a payment may pay for `price_sats` under `tolerance_percent` (rounded in the
+    /// payer's favour by at most one sat, never below 1 for a non-zero price).
+    pub fn accepted_sats(&self, price_sats: u64) -> u64 {
+        let forgiven = price_sats.saturating_mul(u64::from(self.tolerance_percent)) / 100;
+        price_sats.saturating_sub(forgiven).max(price_sats.min(1))
     }
 
     /// The longest `max_age` of any route; `None` when some route never expires payments.
@@ -590,6 +648,50 @@ fn validate_penalty(raw: RawPenalty) -> Result<PenaltyConfig, ConfigError> {
 }
 
 /// The node guard bans addresses: only a penalty box that judges clients by theirs may feed it.
+/// Reads an optional object of text fields and an `enabled` flag; `None` when disabled.
+fn text_fields(
+    raw: Option<serde_json::Value>,
+    field: &str,
+    names: &[&str],
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let raw = raw.unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+    let Some(fields) = raw.as_object() else { return refuse(field, "must be an object") };
+    if let Some(unknown) = fields.keys().find(|k| *k != "enabled" && !names.contains(&k.as_str())) {
+        return refuse(field, format!("unknown field `{unknown}`, expected `enabled` or one of {}", names.join(", ")));
+    }
+    match fields.get("enabled") {
+        None | Some(serde_json::Value::Bool(true)) => {}
+        Some(serde_json::Value::Bool(false)) => return Ok(None),
+        Some(_) => return refuse(format!("{field}.enabled"), "must be true or false"),
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let text = match fields.get(*name) {
+            None => String::new(),
+            Some(serde_json::Value::String(text)) if text.len() <= MAX_TEXT_FIELD => text.clone(),
+            Some(_) => {
+                return refuse(format!("{field}.{name}"), format!("must be text of at most {MAX_TEXT_FIELD} bytes"))
+            }
+        };
+        out.push(text);
+    }
+    Ok(Some(out))
+}
+
+fn validate_paywall(raw: Option<serde_json::Value>) -> Result<Option<PaywallConfig>, ConfigError> {
+    let Some(texts) = text_fields(raw, "paywall", &["title", "description"])? else { return Ok(None) };
+    let mut texts = texts.into_iter();
+    let title = texts.next().filter(|t| !t.is_empty()).unwrap_or_else(|| "this API".to_string());
+    Ok(Some(PaywallConfig { title, description: texts.next().unwrap_or_default() }))
+}
+
+fn validate_manifest(raw: Option<serde_json::Value>) -> Result<Option<ManifestConfig>, ConfigError> {
+    let Some(texts) = text_fields(raw, "manifest", &["name", "description", "contact"])? else { return Ok(None) };
+    let mut texts = texts.into_iter();
+    let mut next = || texts.next().unwrap_or_default();
+    Ok(Some(ManifestConfig { name: next(), description: next(), contact: next() }))
+}
+
 fn validate_guard(raw: serde_json::Value, penalty: Option<&PenaltyConfig>) -> Result<GuardConfig, ConfigError> {
     let Some(penalty) = penalty.filter(|p| p.identity == IdentitySource::SourceAddress) else {
         return refuse("guard", "needs penalty with identity source_address: the guard bans source addresses");

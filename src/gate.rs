@@ -2,6 +2,8 @@
 //! knows. Explorer calls are the glue's job; this module says when one is needed and what its
 //! answer means for every request waiting on it.
 
+use std::rc::Rc;
+
 use crate::allowance::Allowance;
 use crate::cache::{txid_bytes, PaymentRecord, PaymentState, PaymentTable, PutError, Tips};
 use crate::config::{AccessRef, Config, FailureMode, Policy};
@@ -17,7 +19,7 @@ use crate::ledger::owner::owner_id;
 use crate::memo::LocalMemo;
 use crate::payment::{decide, Decision, Receipt};
 use crate::penalty::ClientRecord;
-use crate::rejection::Rejection;
+use crate::rejection::{Challenge, Rejection};
 use crate::scope::Scopes;
 use crate::store::SharedStore;
 use crate::txid::Txid;
@@ -108,6 +110,16 @@ pub struct Ticket {
     pub payee: Option<ClientAddress>,
     /// The ledger's owner id of the `bind_to` identity (see `ledger::owner`), with a ledger.
     pub owner: Option<[u8; 16]>,
+    /// Asked by the status endpoint: nothing is used, bound, struck or let through unverified.
+    pub probe: bool,
+}
+
+/// What the status endpoint answers about one txid for one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentStatus {
+    pub txid: Txid,
+    pub policy: Policy,
+    pub outcome: Result<Receipt, Rejection>,
 }
 
 /// A paid request that waits for the ledger (etcd): first contact on this Envoy, or its held
@@ -147,6 +159,8 @@ pub enum Verdict {
     Lookup(Ticket),
     /// Paid, but the ledger must be asked before the request can be counted.
     Ledger(Box<LedgerWait>),
+    /// The status endpoint's answer (see `Gate::status`).
+    Status(Box<PaymentStatus>),
 }
 
 /// What the explorer said about one txid (and its tip, when it was needed and read).
@@ -202,7 +216,24 @@ pub struct Gate {
     pay_to_scripts: Vec<Vec<u8>>,
     /// This Envoy's held ledger blocks, one per payment slot (with `ledger`).
     pub ledger: Option<LedgerTable>,
+    /// The rendered `/.well-known/txgate` manifest, when enabled.
+    pub manifest: Option<String>,
+    /// Cold status checks per client (`Gate::status`).
+    status_lookups: Allowance,
+    /// 402 challenges this worker rendered, by price and payee (see `Challenge`).
+    challenges: std::cell::RefCell<std::collections::HashMap<ChallengeKey, Rc<Challenge>>>,
 }
+
+/// A challenge is rendered per price and per client address (its derivation path).
+type ChallengeKey = (Policy, Option<(u32, u32, u32)>);
+
+/// Status checks that may ask an explorer, per client and window: a person polling a few tabs
+/// stays far below it; a script probing random txids does not get far.
+const STATUS_LOOKUPS_PER_WINDOW: u32 = 30;
+const STATUS_WINDOW_SECS: u64 = 60;
+const STATUS_SLOTS: usize = 1024;
+/// Rendered challenges a worker keeps: routes × discounts, and per-client addresses.
+const CHALLENGE_MEMO: usize = 1024;
 
 /// Derived addresses each worker keeps (about 100 bytes each).
 const ADDRESS_MEMO: usize = 4096;
@@ -215,6 +246,7 @@ fn reserved_for_clean(max_inflight: usize) -> usize {
 impl Gate {
     pub fn new(mut config: Config) -> Gate {
         let scopes = Scopes::of(&config);
+        let scopes_clients = scopes.clients.clone();
         if let Some(penalty) = config.penalty.as_mut() {
             penalty.prefix = format!("{}c/", scopes.clients);
         }
@@ -230,6 +262,7 @@ impl Gate {
             FailureMode::Closed => None,
         };
         let memo = LocalMemo::new(slots.min(MEMO_CAPACITY));
+        let manifest = crate::manifest::render(&config);
         let lowest_price = config.lowest_price();
         // The addresses were checked in `Config::from_json`, so each has a script.
         let pay_to_scripts =
@@ -247,7 +280,31 @@ impl Gate {
             addresses: std::cell::RefCell::new(std::collections::HashMap::new()),
             pay_to_scripts,
             ledger,
+            manifest,
+            status_lookups: Allowance::new(
+                &format!("{}s/", scopes_clients),
+                STATUS_SLOTS,
+                STATUS_LOOKUPS_PER_WINDOW,
+                std::time::Duration::from_secs(STATUS_WINDOW_SECS),
+            ),
+            challenges: std::cell::RefCell::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The rendered challenge for a price and payee: rendered on first use, then kept.
+    pub fn challenge(&self, policy: &Policy, payee: Option<&ClientAddress>) -> Rc<Challenge> {
+        let key = (*policy, payee.map(|p| p.path));
+        if let Some(hit) = self.challenges.try_borrow().ok().and_then(|m| m.get(&key).cloned()) {
+            return hit;
+        }
+        let rendered = Rc::new(Challenge::render(&self.config, policy, payee));
+        if let Ok(mut memo) = self.challenges.try_borrow_mut() {
+            if memo.len() >= CHALLENGE_MEMO {
+                memo.clear();
+            }
+            memo.insert(key, rendered.clone());
+        }
+        rendered
     }
 
     /// Creates every shared-data slot before traffic (see `cache`).
@@ -261,6 +318,7 @@ impl Gate {
         if let Some(allowance) = &self.fail_open {
             allowance.create(store);
         }
+        self.status_lookups.create(store);
         if let Some(ledger) = &self.ledger {
             ledger.create(store);
         }
@@ -364,6 +422,40 @@ impl Gate {
         facts: &RequestFacts<'_>,
         txid_values: &[&[u8]],
     ) -> (Verdict, Effects) {
+        self.admit_as(store, facts, txid_values, false)
+    }
+
+    /// What `GET /.well-known/txgate/status` answers: the same decision as for a request to
+    /// `facts.path`, with nothing used, bound or struck. Cold lookups are limited per client
+    /// (`status_lookups`), since a status check of an unknown txid costs no strike.
+    pub fn status(&self, store: &dyn SharedStore, facts: &RequestFacts<'_>, txid: &[u8]) -> (Verdict, Effects) {
+        let (verdict, effects) = self.admit_as(store, facts, &[txid], true);
+        match verdict {
+            Verdict::Lookup(ticket) => {
+                if self.status_lookups.take(store, ticket.client_key, facts.now_ms / 1000) {
+                    (Verdict::Lookup(ticket), effects)
+                } else {
+                    let rejection = Rejection::StatusLimited { retry_after_secs: STATUS_WINDOW_SECS };
+                    (Verdict::Reject { rejection, policy: Some(ticket.policy) }, effects)
+                }
+            }
+            Verdict::Reject { rejection: Rejection::InvalidTxid, policy } => {
+                (Verdict::Reject { rejection: Rejection::InvalidTxid, policy }, effects)
+            }
+            other => match Txid::parse(txid) {
+                Some(txid) => as_status(txid, other, effects),
+                None => (other, effects),
+            },
+        }
+    }
+
+    fn admit_as(
+        &self,
+        store: &dyn SharedStore,
+        facts: &RequestFacts<'_>,
+        txid_values: &[&[u8]],
+        probe: bool,
+    ) -> (Verdict, Effects) {
         let config = &self.config;
         let base = match config.access_for(facts.path) {
             AccessRef::Free => return (Verdict::Free, Effects::default()),
@@ -438,10 +530,12 @@ impl Gate {
             _ => None,
         };
         let Some(txid) = txid else {
-            let effects = self.strike(store, &client_ids, now_secs);
+            let effects = if probe { Effects::default() } else { self.strike(store, &client_ids, now_secs) };
             return (Verdict::Reject { rejection: Rejection::InvalidTxid, policy: Some(policy) }, effects);
         };
         let bind_id = match &config.bind_to {
+            // A status check reads; it neither binds nor needs the identity a binding would.
+            Some(_) if probe => None,
             Some(source) => match facts.identity(source) {
                 Some(id) => Some(id),
                 None => {
@@ -480,6 +574,7 @@ impl Gate {
             inflight_limit,
             payee,
             owner,
+            probe,
         };
         let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         // Nothing counted or bound: a confirmed payment's shared record never changes.
@@ -609,6 +704,22 @@ impl Gate {
         stored: Stored,
         now_ms: u64,
     ) -> (Verdict, Effects) {
+        if ticket.probe {
+            let txid = ticket.txid.clone();
+            let (verdict, effects) = self.resolve_ticket(store, ticket, result, stored, now_ms);
+            return as_status(txid, verdict, effects);
+        }
+        self.resolve_ticket(store, ticket, result, stored, now_ms)
+    }
+
+    fn resolve_ticket(
+        &self,
+        store: &dyn SharedStore,
+        ticket: Ticket,
+        result: &LookupResult,
+        stored: Stored,
+        now_ms: u64,
+    ) -> (Verdict, Effects) {
         if stored == Stored::Reorged {
             return reject(Rejection::PaymentReorged, ticket.policy);
         }
@@ -668,6 +779,7 @@ impl Gate {
         let unavailable = Verdict::Reject { rejection: Rejection::ExplorerUnavailable, policy: Some(ticket.policy) };
         match &self.fail_open {
             None => (unavailable, Effects::default()),
+            Some(_) if ticket.probe => (unavailable, Effects::default()),
             Some(allowance) => {
                 if allowance.take(store, ticket.client_key, now_ms / 1000) {
                     (Verdict::AllowUnverified, Effects::default())
@@ -691,10 +803,18 @@ impl Gate {
             return self.refuse(store, ticket, Rejection::TxNotFound, now_ms);
         };
         let Known { tip, tip_fresh, from_cache } = known;
-        match decide(&ticket.policy, &facts, tip, now_ms / 1000) {
+        let accepting = Policy { price_sats: self.config.accepted_sats(ticket.policy.price_sats), ..ticket.policy };
+        let decision = match decide(&accepting, &facts, tip, now_ms / 1000) {
+            // Refused under the tolerance: the client is told the price, not the tolerance.
+            Decision::Refused(Rejection::InsufficientPayment { paid_sats, .. }) => {
+                Decision::Refused(Rejection::InsufficientPayment { paid_sats, required_sats: ticket.policy.price_sats })
+            }
+            other => other,
+        };
+        match decision {
             Decision::Paid(receipt) => {
                 // Nothing to count or bind: skip the read-modify-write on the hot path.
-                let used = if self.config.grant.is_unlimited() && ticket.bind_id.is_none() {
+                let used = if ticket.probe || (self.config.grant.is_unlimited() && ticket.bind_id.is_none()) {
                     Ok(Use::Granted { remaining: None })
                 } else if let (Some(_), Some(slot)) = (&self.ledger, slot) {
                     let wait = LedgerWait {
@@ -747,10 +867,11 @@ impl Gate {
     /// not one: txids are public, and the payer whose txid someone else used first must not be
     /// banned for it.
     fn refuse(&self, store: &dyn SharedStore, ticket: Ticket, rejection: Rejection, now_ms: u64) -> (Verdict, Effects) {
-        let strikes = matches!(
-            rejection,
-            Rejection::TxNotFound | Rejection::InsufficientPayment { .. } | Rejection::PaymentExpired { .. }
-        );
+        let strikes = !ticket.probe
+            && matches!(
+                rejection,
+                Rejection::TxNotFound | Rejection::InsufficientPayment { .. } | Rejection::PaymentExpired { .. }
+            );
         let effects = if strikes { self.strike(store, &ticket.client_ids, now_ms / 1000) } else { Effects::default() };
         (Verdict::Reject { rejection, policy: Some(ticket.policy) }, effects)
     }
@@ -909,6 +1030,17 @@ fn allow(ticket: Ticket, receipt: Receipt, from_cache: bool) -> Verdict {
     }
 }
 
+/// A status check's verdict as the status endpoint answers it; a lookup stays a lookup.
+fn as_status(txid: Txid, verdict: Verdict, effects: Effects) -> (Verdict, Effects) {
+    let (outcome, policy) = match verdict {
+        Verdict::Allow { receipt, .. } => (Ok(receipt), None),
+        Verdict::Reject { rejection, policy } => (Err(rejection), policy),
+        other => return (other, effects),
+    };
+    let policy = policy.unwrap_or(Policy { price_sats: 0, min_confirmations: 0, max_age: std::time::Duration::ZERO });
+    (Verdict::Status(Box::new(PaymentStatus { txid, policy, outcome })), effects)
+}
+
 fn reject(rejection: Rejection, policy: Policy) -> (Verdict, Effects) {
     (Verdict::Reject { rejection, policy: Some(policy) }, Effects::default())
 }
@@ -987,6 +1119,7 @@ mod tests {
             Verdict::Free => "free",
             Verdict::Lookup(_) => "lookup",
             Verdict::Ledger(_) => "ledger",
+            Verdict::Status(_) => "status",
         }
     }
 
@@ -1102,6 +1235,97 @@ mod tests {
         let (closed, store) = gate(json!({}));
         let no_tip = LookupResult { tip: None, ..found(1000, Some(100)) };
         assert_eq!(code(&verify(&closed, &store, &[], &no_tip).0), "explorer_unavailable");
+    }
+
+    fn status(gate: &Gate, store: &MemoryStore, txid: &str, source: &str) -> (Verdict, Effects) {
+        let facts = RequestFacts {
+            path: "/api",
+            headers: &[],
+            principal: None,
+            source_address: Some(source),
+            source_trusted: true,
+            claims: &[],
+            now_ms: NOW_MS,
+        };
+        gate.status(store, &facts, txid.as_bytes())
+    }
+
+    fn state(v: &Verdict) -> Result<Receipt, &'static str> {
+        match v {
+            Verdict::Status(s) => s.outcome.clone().map_err(|r| r.code()),
+            other => Err(code(other)),
+        }
+    }
+
+    #[test]
+    fn a_status_check_uses_no_grant_binds_nothing_and_strikes_nobody() {
+        let (gate, store) = gate(json!({
+            "grant": {"requests": 1}, "bind_to": "header:x-key",
+            "penalty": {"identity": "source_address", "max_strikes": 1}
+        }));
+        // Unknown txid: a lookup, resolved as a status without a strike (max_strikes 1 would ban).
+        let ticket = ticket_of(status(&gate, &store, TXID, "10.0.0.9:1").0);
+        assert!(ticket.probe && ticket.bind_id.is_none());
+        let missing = LookupResult { tx: Ok(TxAnswer::NotFound), tip: None, explorer: 0 };
+        let stored = gate.remember(&store, &ticket.txid, None, &missing, NOW_MS);
+        let (verdict, effects) = gate.resolve(&store, ticket, &missing, stored, NOW_MS);
+        assert_eq!((state(&verdict), effects.struck), (Err("tx_not_found"), false));
+        assert_eq!(state(&status(&gate, &store, "zz", "10.0.0.9:1").0), Err("invalid_txid"));
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-key", "a")], &[]).0), "payment_required", "not banned");
+        // A paid txid: the status says paid as often as asked, and the one-request grant and
+        // the binding are still there for the first real request.
+        let (gate, store) = self::gate(json!({"grant": {"requests": 1}, "bind_to": "header:x-key", "max_age": "1h"}));
+        let ticket = ticket_of(status(&gate, &store, TXID, "10.0.0.9:1").0);
+        let result = found(1200, Some(100));
+        let stored = gate.remember(&store, &ticket.txid, None, &result, NOW_MS);
+        let paid = Ok(Receipt { paid_sats: 1200, confirmations: 11 });
+        assert_eq!(state(&gate.resolve(&store, ticket, &result, stored, NOW_MS).0), paid);
+        for _ in 0..3 {
+            assert_eq!(state(&status(&gate, &store, TXID, "10.0.0.9:1").0), paid);
+        }
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-key", "b")], &[TXID]).0), "allow");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-key", "a")], &[TXID]).0), "payment_bound_to_other_client");
+        assert_eq!(code(&admit(&gate, &store, "/api", &[("x-key", "b")], &[TXID]).0), "payment_exhausted");
+        assert_eq!(state(&status(&gate, &store, TXID, "10.0.0.9:1").0), paid, "a status check never says exhausted");
+    }
+
+    #[test]
+    fn a_status_check_never_passes_unverified_and_its_cold_lookups_are_limited_per_client() {
+        let (gate, store) = gate(json!({"failure_mode": "open", "fail_open": {"acknowledged": true}}));
+        let ticket = ticket_of(status(&gate, &store, TXID, "10.0.0.9:1").0);
+        let failed = LookupResult { tx: Err(ExplorerError::Status(502)), tip: None, explorer: 0 };
+        let (verdict, _) = gate.resolve(&store, ticket, &failed, Stored::Elsewhere, NOW_MS);
+        assert_eq!(state(&verdict), Err("explorer_unavailable"));
+        let (gate, store) = self::gate(json!({}));
+        let other = |i: u32| format!("{:064x}", i);
+        for i in 0..STATUS_LOOKUPS_PER_WINDOW {
+            assert_eq!(code(&status(&gate, &store, &other(i), "10.0.0.9:1").0), "lookup", "lookup {i}");
+        }
+        assert_eq!(state(&status(&gate, &store, &other(99), "10.0.0.9:1").0), Err("status_rate_limited"));
+        assert_eq!(code(&status(&gate, &store, &other(99), "10.0.0.8:1").0), "lookup", "another client has its own");
+    }
+
+    #[test]
+    fn tolerance_forgives_a_small_underpayment_and_reports_the_price() {
+        let (gate, store) = gate(json!({"tolerance_percent": 2}));
+        assert_eq!(code(&verify(&gate, &store, &[], &found(980, Some(100))).0), "allow");
+        let (gate, store) = self::gate(json!({"tolerance_percent": 2}));
+        let (verdict, _) = verify(&gate, &store, &[], &found(979, Some(100)));
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Reject {
+                    rejection: Rejection::InsufficientPayment { paid_sats: 979, required_sats: 1000 },
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+        let (strict, store) = self::gate(json!({}));
+        assert_eq!(code(&verify(&strict, &store, &[], &found(999, Some(100))).0), "insufficient_payment");
+        assert_eq!(strict.config.accepted_sats(1), 1);
+        assert_eq!(gate.config.accepted_sats(1), 1, "a price is never forgiven to nothing");
+        assert_eq!(gate.config.accepted_sats(1000), 980);
     }
 
     #[test]

@@ -40,6 +40,18 @@ pub enum Counter {
     LedgerBlocks,
     /// Requests counted by this Envoy alone because the ledger was unreachable (failure_mode local).
     LedgerFallbacks,
+    /// `mode: shadow`: requests that would have been refused, let through marked.
+    Shadowed,
+    /// Answers of the status endpoint (`/.well-known/txgate/status`).
+    StatusAnswers,
+    /// Answers of the manifest (`/.well-known/txgate`).
+    ManifestAnswers,
+    /// 402s answered with the HTML paywall.
+    PaywallPages,
+    /// Requests whose txid came in an x402 `PAYMENT-SIGNATURE` header.
+    X402Signatures,
+    /// Requests whose txid came in the `txgate_txid` cookie.
+    CookieTxids,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -66,10 +78,11 @@ pub enum RejectionKind {
     ExplorerDisagreement,
     PaymentReorged,
     LedgerUnavailable,
+    StatusLimited,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 41] = [
+    pub const ALL: [Counter; 48] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -111,6 +124,13 @@ impl Counter {
         Counter::LedgerBlocks,
         Counter::LedgerFallbacks,
         Counter::Rejected(RejectionKind::LedgerUnavailable),
+        Counter::Shadowed,
+        Counter::StatusAnswers,
+        Counter::ManifestAnswers,
+        Counter::PaywallPages,
+        Counter::X402Signatures,
+        Counter::CookieTxids,
+        Counter::Rejected(RejectionKind::StatusLimited),
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +163,7 @@ impl Counter {
                 RejectionKind::ExplorerDisagreement => "txgate_rejected_explorer_disagreement",
                 RejectionKind::PaymentReorged => "txgate_rejected_payment_reorged",
                 RejectionKind::LedgerUnavailable => "txgate_rejected_ledger_unavailable",
+                RejectionKind::StatusLimited => "txgate_rejected_status_rate_limited",
             },
             Counter::ExplorerCalls => "txgate_explorer_calls",
             Counter::ExplorerErrors => "txgate_explorer_errors",
@@ -158,6 +179,12 @@ impl Counter {
             Counter::LedgerErrors => "txgate_ledger_errors",
             Counter::LedgerBlocks => "txgate_ledger_blocks",
             Counter::LedgerFallbacks => "txgate_ledger_fallbacks",
+            Counter::Shadowed => "txgate_requests_shadowed",
+            Counter::StatusAnswers => "txgate_status_answers",
+            Counter::ManifestAnswers => "txgate_manifest_answers",
+            Counter::PaywallPages => "txgate_paywall_pages",
+            Counter::X402Signatures => "txgate_x402_signatures",
+            Counter::CookieTxids => "txgate_cookie_txids",
         }
     }
 
@@ -191,6 +218,7 @@ impl Rejection {
             Rejection::ExplorerDisagreement => RejectionKind::ExplorerDisagreement,
             Rejection::PaymentReorged => RejectionKind::PaymentReorged,
             Rejection::LedgerUnavailable => RejectionKind::LedgerUnavailable,
+            Rejection::StatusLimited { .. } => RejectionKind::StatusLimited,
         })
     }
 }
@@ -223,6 +251,7 @@ mod tests {
             Rejection::ExplorerDisagreement,
             Rejection::PaymentReorged,
             Rejection::LedgerUnavailable,
+            Rejection::StatusLimited { retry_after_secs: 60 },
         ];
         for r in rejections {
             assert_eq!(r.counter().name(), format!("txgate_rejected_{}", r.code()));

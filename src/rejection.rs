@@ -4,6 +4,8 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Policy};
 use crate::gate::ClientAddress;
+use crate::payer;
+use crate::paywall::{Page, PageFacts};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -58,12 +60,21 @@ pub enum Rejection {
     PaymentReorged,
     /// The payment must be counted or bound in the mesh-wide ledger (etcd), which did not answer.
     LedgerUnavailable,
+    /// The status endpoint asked the explorer about too many txids for this client lately.
+    StatusLimited {
+        retry_after_secs: u64,
+    },
 }
 
 const INTERNAL_MESSAGE: &str = "The payment gate could not check this request; the operator's logs say why.";
 
 /// Seconds a client should wait before retrying when no explorer answered.
 pub const EXPLORER_RETRY_AFTER_SECS: u32 = 5;
+
+/// Seconds to wait before asking again about a transaction the explorer did not know.
+pub const TX_NOT_FOUND_RETRY_AFTER_SECS: u64 = 10;
+/// Seconds to wait for the next block (a tenth of the ten-minute average).
+pub const CONFIRMATIONS_RETRY_AFTER_SECS: u64 = 60;
 
 /// Seconds a client should wait before retrying when the ledger (etcd) did not answer.
 pub const LEDGER_RETRY_AFTER_SECS: u32 = 2;
@@ -93,6 +104,7 @@ impl Rejection {
             Rejection::ExplorerDisagreement => "explorer_disagreement",
             Rejection::PaymentReorged => "payment_reorged",
             Rejection::LedgerUnavailable => "ledger_unavailable",
+            Rejection::StatusLimited { .. } => "status_rate_limited",
         }
     }
 
@@ -106,13 +118,13 @@ impl Rejection {
             | Rejection::ProofInvalid
             | Rejection::ExplorerDisagreement
             | Rejection::LedgerUnavailable => 503,
-            Rejection::ClientBanned { .. } => 429,
+            Rejection::ClientBanned { .. } | Rejection::StatusLimited { .. } => 429,
             Rejection::Internal => 500,
             _ => 402,
         }
     }
 
-    fn message(&self, config: &Config) -> String {
+    pub fn message(&self, config: &Config) -> String {
         match self {
             Rejection::PaymentRequired => format!(
                 "This API needs a bitcoin payment: pay the price to one of the addresses, then send the transaction id in the {} header.",
@@ -144,6 +156,7 @@ impl Rejection {
             Rejection::ExplorerDisagreement => "The block explorers disagree about the chain this payment is in; retry shortly.".to_string(),
             Rejection::PaymentReorged => "This payment's block is no longer in the best chain; wait for it to confirm again or make a new payment.".to_string(),
             Rejection::LedgerUnavailable => "The payment ledger could not be reached to count this request; retry shortly.".to_string(),
+            Rejection::StatusLimited { .. } => "Too many payment status checks of unknown transactions; wait before checking again.".to_string(),
         }
     }
 
@@ -154,13 +167,19 @@ impl Rejection {
 
     /// The JSON body. Every 402 carries the payment challenge, so a client can pay without docs.
     pub fn body(&self, config: &Config, policy: Option<&Policy>, payee: Option<&ClientAddress>) -> String {
+        let challenge = policy.map(|p| Challenge::render(config, p, payee));
+        self.body_with(config, challenge.as_ref())
+    }
+
+    /// The JSON body with the route's pre-rendered challenge (see `Challenge`).
+    pub fn body_with(&self, config: &Config, challenge: Option<&Challenge>) -> String {
         let mut body = json!({"error": self.code(), "message": self.message(config)});
         let extra = match self {
             Rejection::InsufficientPayment { paid_sats, required_sats } => {
                 json!({"paid_sats": paid_sats, "required_sats": required_sats})
             }
             Rejection::InsufficientConfirmations { confirmations, required } => {
-                json!({"confirmations": confirmations, "required": required})
+                json!({"confirmations": confirmations, "required": required, "retry_after_secs": CONFIRMATIONS_RETRY_AFTER_SECS})
             }
             Rejection::PaymentExpired { block_time, max_age_secs } => {
                 json!({"block_time": block_time, "max_age_secs": max_age_secs})
@@ -169,17 +188,25 @@ impl Rejection {
             Rejection::PaymentExhausted { requests, window_secs } => {
                 json!({"grant": {"requests": requests, "window_secs": window_secs}})
             }
-            Rejection::ClientBanned { retry_after_secs } => json!({"retry_after_secs": retry_after_secs}),
+            Rejection::ClientBanned { retry_after_secs } | Rejection::StatusLimited { retry_after_secs } => {
+                json!({"retry_after_secs": retry_after_secs})
+            }
+            Rejection::TxNotFound => json!({"retry_after_secs": TX_NOT_FOUND_RETRY_AFTER_SECS}),
             Rejection::IdentityRequired { identity } => json!({"identity": identity}),
             _ => json!({}),
         };
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), extra) {
             obj.extend(extra);
-            if let (402, Some(policy)) = (self.status(), policy) {
-                obj.insert("payment".to_string(), challenge(config, policy, payee));
-            }
         }
-        body.to_string()
+        let mut text = body.to_string();
+        if let (402, Some(challenge)) = (self.status(), challenge) {
+            // The object's closing brace gives way to the rendered `payment` member.
+            text.pop();
+            text.push_str(",\"payment\":");
+            text.push_str(&challenge.payment);
+            text.push('}');
+        }
+        text
     }
 
     /// Extra response headers beside `content-type`.
@@ -192,7 +219,12 @@ impl Rejection {
             Rejection::VerificationBusy => Some(1),
             Rejection::LedgerFull => Some(5),
             Rejection::LedgerUnavailable => Some(u64::from(LEDGER_RETRY_AFTER_SECS)),
-            Rejection::ClientBanned { retry_after_secs } => Some(*retry_after_secs),
+            Rejection::ClientBanned { retry_after_secs } | Rejection::StatusLimited { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
+            // Waiting helps these two: the transaction may reach the explorer, or a block come.
+            Rejection::TxNotFound => Some(TX_NOT_FOUND_RETRY_AFTER_SECS),
+            Rejection::InsufficientConfirmations { .. } => Some(CONFIRMATIONS_RETRY_AFTER_SECS),
             _ => None,
         };
         if let Some(secs) = retry_after {
@@ -205,19 +237,77 @@ impl Rejection {
 /// How to pay for the route: everything a client needs to build the payment. With per-client
 /// addresses, `pay_to` holds this client's own address and `derivation` where it comes from.
 pub fn challenge(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> Value {
+    let addresses = addresses_for(config, payee);
     let mut challenge = json!({
         "network": config.network.name(),
-        "pay_to": config.pay_to,
+        "network_id": payer::network_id(config.network),
+        "pay_to": addresses,
         "price_sats": policy.price_sats,
+        "amount_btc": payer::btc_amount(policy.price_sats),
+        "bip21": addresses.iter().map(|a| payer::bip21(a, policy.price_sats)).collect::<Vec<_>>(),
         "min_confirmations": policy.min_confirmations,
         "max_age_secs": policy.max_age.as_secs(),
         "header": config.header,
     });
+    if let (Some(_), Some(obj)) = (&config.manifest, challenge.as_object_mut()) {
+        obj.insert("manifest".to_string(), json!(payer::MANIFEST_PATH));
+    }
     if let (Some(p), Some(obj)) = (payee, challenge.as_object_mut()) {
-        obj.insert("pay_to".to_string(), json!([p.address]));
         obj.insert("derivation".to_string(), json!({"path": p.path_text()}));
     }
+    if config.tolerance_percent > 0 {
+        if let Some(obj) = challenge.as_object_mut() {
+            obj.insert("accepted_sats".to_string(), json!(config.accepted_sats(policy.price_sats)));
+        }
+    }
     challenge
+}
+
+fn addresses_for(config: &Config, payee: Option<&ClientAddress>) -> Vec<String> {
+    match payee {
+        Some(p) => vec![p.address.clone()],
+        None => config.pay_to.clone(),
+    }
+}
+
+/// Everything of a 402 that depends only on the route's price and the payee, rendered once
+/// (per worker, on first use) instead of per request: the `payment` member of the JSON body,
+/// the x402 `accepts[]`, and the paywall page.
+pub struct Challenge {
+    pub payment: String,
+    pub accepts: String,
+    pub page: Option<Page>,
+}
+
+impl Challenge {
+    pub fn render(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> Challenge {
+        let addresses = addresses_for(config, payee);
+        let offer = payer::Offer {
+            network: config.network,
+            addresses: &addresses,
+            price_sats: policy.price_sats,
+            min_confirmations: policy.min_confirmations,
+            max_age_secs: policy.max_age.as_secs(),
+            header: &config.header,
+        };
+        let page = match (&config.paywall, addresses.first()) {
+            (Some(paywall), Some(address)) => Some(Page::render(&PageFacts {
+                title: &paywall.title,
+                description: &paywall.description,
+                network: config.network.name(),
+                address,
+                price_sats: policy.price_sats,
+                min_confirmations: policy.min_confirmations,
+                max_age_secs: policy.max_age.as_secs(),
+            })),
+            _ => None,
+        };
+        Challenge {
+            payment: challenge(config, policy, payee).to_string(),
+            accepts: offer.x402_accepts().to_string(),
+            page,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,7 +337,10 @@ mod tests {
         assert_eq!(
             body["payment"],
             json!({"network": "regtest", "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"], "price_sats": 1000,
-                   "min_confirmations": 1, "max_age_secs": 86400, "header": "x-bitcoin-txid"})
+                   "min_confirmations": 1, "max_age_secs": 86400, "header": "x-bitcoin-txid",
+                   "network_id": "bip122:0f9188f13cb7b2c71f2a335e3a4fc328", "amount_btc": "0.00001",
+                   "bip21": ["bitcoin:bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080?amount=0.00001"],
+                   "manifest": "/.well-known/txgate"})
         );
         assert_eq!(Rejection::PaymentRequired.status(), 402);
     }

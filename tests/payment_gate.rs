@@ -19,7 +19,9 @@ fn request_without_txid_gets_a_payment_challenge_and_reaches_nothing() {
     assert_eq!(
         body["payment"],
         json!({"network": "regtest", "pay_to": [MERCHANT], "price_sats": 1000, "min_confirmations": 1,
-               "max_age_secs": 86400, "header": "x-bitcoin-txid"})
+               "max_age_secs": 86400, "header": "x-bitcoin-txid",
+               "network_id": "bip122:0f9188f13cb7b2c71f2a335e3a4fc328", "amount_btc": "0.00001",
+               "bip21": [format!("bitcoin:{MERCHANT}?amount=0.00001")], "manifest": "/.well-known/txgate"})
     );
     let premium = stack.get("/premium/report", &[]).json();
     assert_eq!(premium["payment"]["price_sats"], 5000);

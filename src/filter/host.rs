@@ -7,8 +7,9 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Policy;
 use crate::duration::millis;
-use crate::gate::{ClientAddress, Effects, Gate, Verdict};
+use crate::gate::{ClientAddress, Effects, Gate, PaymentStatus, Verdict};
 use crate::metrics::Counter;
+use crate::payer;
 use crate::rejection::Rejection;
 use crate::store::{SharedStore, StoreError};
 
@@ -125,8 +126,47 @@ pub fn property(path: &[&str]) -> Option<String> {
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
-/// Sends the local reply for a rejection; the caller must not resume the request afterwards.
+/// What a local reply needs to know of its request: read by the stream context from the headers
+/// it has, or from the host again for a request answered from the root context.
+#[derive(Debug, Default, Clone)]
+pub struct ReplyFacts {
+    /// A browser asking for a page: a 402 is the paywall.
+    pub html: bool,
+    /// `scheme://authority/path` for the x402 `resource.url`.
+    pub url: String,
+    /// A cross-origin request: the x402 headers are exposed to its script.
+    pub origin: bool,
+}
+
+impl ReplyFacts {
+    pub fn of(headers: &[(String, Vec<u8>)]) -> ReplyFacts {
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+        let text = |name: &str| get(name).map(String::from_utf8_lossy).unwrap_or_default();
+        ReplyFacts {
+            html: payer::wants_html(get("accept"), get("user-agent")),
+            url: format!("{}://{}{}", text(":scheme"), text(":authority"), text(":path")),
+            origin: get("origin").is_some(),
+        }
+    }
+
+    pub fn from_host() -> ReplyFacts {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).map(|h| ReplyFacts::of(&h)).unwrap_or_default()
+    }
+}
+
+/// How a rejection was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// A local reply went out: the request must not be resumed.
+    Replied,
+    /// The request must go on (`mode: shadow` marked it instead of refusing it).
+    GoesOn,
+}
+
+/// Sends the local reply for a rejection, or in shadow mode marks the request instead (except
+/// where there is nothing to forward to: `local_only`, and internal errors).
 /// `payee` is the client's own address (xpub `pay_to`), shown in the challenge instead of `pay_to`.
+#[allow(clippy::too_many_arguments)]
 pub fn send_rejection(
     context_id: u32,
     gate: &Gate,
@@ -134,17 +174,123 @@ pub fn send_rejection(
     rejection: &Rejection,
     policy: Option<&Policy>,
     payee: Option<&ClientAddress>,
-) {
+    reply: &ReplyFacts,
+    local_only: bool,
+) -> Sent {
     metrics.count(rejection.counter());
-    let body = rejection.body(&gate.config, policy, payee);
+    if gate.config.shadow && !local_only && *rejection != Rejection::Internal {
+        metrics.count(Counter::Shadowed);
+        add_request_header(context_id, "x-txgate-shadow", rejection.code());
+        return Sent::GoesOn;
+    }
     let extra = rejection.headers();
     // The code in a header, for access logs (fail2ban): Envoy logs no details for a Wasm local reply.
-    let mut headers: Vec<(&str, &str)> =
-        vec![("content-type", "application/json"), ("x-txgate-error", rejection.code())];
+    let mut headers: Vec<(&str, &str)> = vec![("x-txgate-error", rejection.code())];
     headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    let challenge = policy.filter(|_| rejection.status() == 402).map(|p| gate.challenge(p, payee));
+    let x402;
+    let page;
+    let body = match &challenge {
+        Some(challenge) => {
+            x402 = payer::payment_required_header(
+                rejection.code(),
+                &rejection.message(&gate.config),
+                &reply.url,
+                &challenge.accepts,
+            );
+            headers.push((payer::PAYMENT_REQUIRED, &x402));
+            if gate.manifest.is_some() {
+                headers.push(("link", "</.well-known/txgate>; rel=\"service-meta\""));
+            }
+            if reply.origin {
+                headers
+                    .push(("access-control-expose-headers", "payment-required, payment-response, retry-after, link"));
+            }
+            match (&challenge.page, reply.html) {
+                (Some(p), true) => {
+                    metrics.count(Counter::PaywallPages);
+                    page = p;
+                    headers.push(("content-type", "text/html; charset=utf-8"));
+                    headers.push(("content-security-policy", &page.csp));
+                    headers.push(("x-content-type-options", "nosniff"));
+                    let line = match rejection {
+                        Rejection::PaymentRequired => String::new(),
+                        other => other.message(&gate.config),
+                    };
+                    page.with_status(&line)
+                }
+                _ => {
+                    headers.push(("content-type", "application/json"));
+                    rejection.body_with(&gate.config, Some(challenge))
+                }
+            }
+        }
+        None => {
+            headers.push(("content-type", "application/json"));
+            rejection.body_with(&gate.config, None)
+        }
+    };
     if let Err(status) = hostcalls::send_http_response(rejection.status(), headers, Some(body.as_bytes())) {
         log::error!("#{context_id} txgate: sending the {} reply failed: {status:?}", rejection.code());
     }
+    Sent::Replied
+}
+
+/// A local 200 answer of the filter's own (manifest, status), never cached by shared caches
+/// unless `cache_control` says so.
+pub fn send_own_answer(context_id: u32, body: &str, cache_control: &str) {
+    let headers = vec![
+        ("content-type", "application/json"),
+        ("cache-control", cache_control),
+        ("access-control-allow-origin", "*"),
+    ];
+    if let Err(status) = hostcalls::send_http_response(200, headers, Some(body.as_bytes())) {
+        log::error!("#{context_id} txgate: sending an answer failed: {status:?}");
+    }
+}
+
+/// The status endpoint's answer for a status verdict: 200 with the state, or the rejection it is.
+pub fn send_status(context_id: u32, gate: &Gate, metrics: &Metrics, status: &PaymentStatus) {
+    match crate::status::body(status, &gate.config) {
+        Some(body) => {
+            metrics.count(Counter::StatusAnswers);
+            send_own_answer(context_id, &body, "no-store");
+        }
+        None => {
+            if let Err(rejection) = &status.outcome {
+                let reply = ReplyFacts::default();
+                let _ = send_rejection(context_id, gate, metrics, rejection, None, None, &reply, true);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Receipts of requests let through from the root context, until their response headers:
+    /// an x402 request answers with PAYMENT-RESPONSE, and in the response phase the request
+    /// headers can no longer be read (the SDK panics on the host's refusal).
+    static RECEIPTS: std::cell::RefCell<Vec<(u32, String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps the receipt of a request let through (txid, paid sats) for its response.
+pub fn keep_receipt(context_id: u32, verdict: &Verdict) {
+    if let Verdict::Allow { txid, receipt, .. } = verdict {
+        RECEIPTS.with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                r.push((context_id, txid.to_string(), receipt.paid_sats.to_string()));
+            }
+        });
+    }
+}
+
+/// Takes the kept receipt of a request (also to forget it when the request ends).
+pub fn take_receipt(context_id: u32) -> Option<(String, String)> {
+    RECEIPTS.with(|r| {
+        let mut r = r.try_borrow_mut().ok()?;
+        let at = r.iter().position(|(id, _, _)| *id == context_id)?;
+        let (_, txid, paid) = r.swap_remove(at);
+        Some((txid, paid))
+    })
 }
 
 pub fn add_request_header(context_id: u32, name: &str, value: &str) {
@@ -207,24 +353,41 @@ pub fn carry_out_paused(
     verdict: &Verdict,
     payee: Option<&ClientAddress>,
 ) {
-    match verdict {
+    let sent = match verdict {
         Verdict::Reject { rejection, policy } => {
-            send_rejection(context_id, gate, metrics, rejection, policy.as_ref(), payee)
+            let reply = ReplyFacts::from_host();
+            send_rejection(context_id, gate, metrics, rejection, policy.as_ref(), payee, &reply, false)
+        }
+        Verdict::Lookup(ticket) if ticket.probe => {
+            let busy = Rejection::VerificationBusy;
+            send_rejection(context_id, gate, metrics, &busy, None, None, &ReplyFacts::default(), true)
         }
         Verdict::Lookup(ticket) => {
-            send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&ticket.policy), payee);
+            let reply = ReplyFacts::from_host();
+            let busy = Rejection::VerificationBusy;
+            send_rejection(context_id, gate, metrics, &busy, Some(&ticket.policy), payee, &reply, false)
         }
         Verdict::Ledger(wait) => {
-            send_rejection(context_id, gate, metrics, &Rejection::VerificationBusy, Some(&wait.ticket.policy), payee);
+            let reply = ReplyFacts::from_host();
+            let busy = Rejection::VerificationBusy;
+            send_rejection(context_id, gate, metrics, &busy, Some(&wait.ticket.policy), payee, &reply, false)
+        }
+        Verdict::Status(status) => {
+            send_status(context_id, gate, metrics, status);
+            Sent::Replied
         }
         Verdict::Free | Verdict::Allow { .. } | Verdict::AllowUnverified => {
             for (name, value) in forwarded_headers(verdict) {
                 add_request_header(context_id, name, &value);
             }
             count_forwarded(context_id, metrics, verdict);
-            if let Err(status) = hostcalls::resume_http_request() {
-                log::error!("#{context_id} txgate: resuming the request failed: {status:?}");
-            }
+            keep_receipt(context_id, verdict);
+            Sent::GoesOn
+        }
+    };
+    if sent == Sent::GoesOn {
+        if let Err(status) = hostcalls::resume_http_request() {
+            log::error!("#{context_id} txgate: resuming the request failed: {status:?}");
         }
     }
 }

@@ -8,16 +8,17 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-use super::host::{self, HostStore, Metrics};
+use super::host::{self, HostStore, Metrics, ReplyFacts, Sent};
 use super::ledger::Enqueued as LedgerEnqueued;
 use super::root::{arm_tick, queue_guard_post, start_refill};
 use super::verifier::{Enqueued, Verifier};
-use crate::config::AccessRef;
+use crate::config::{AccessRef, Policy};
 use crate::discount::Condition;
-use crate::gate::{Gate, RequestFacts, Verdict};
+use crate::gate::{ClientAddress, Gate, RequestFacts, Ticket, Verdict};
 use crate::identity::{client_address, identity_hash, IdentitySource};
 use crate::metrics::{Counter, RejectionKind};
 use crate::path;
+use crate::payer;
 use crate::rejection::Rejection;
 use crate::store::SharedStore;
 
@@ -66,11 +67,36 @@ pub struct PaymentCheck {
     metrics: Rc<Metrics>,
     verifier: Rc<RefCell<Verifier>>,
     waiting: bool,
+    /// The txid came in an x402 PAYMENT-SIGNATURE: the response gets PAYMENT-RESPONSE.
+    x402: bool,
+}
+
+/// The client's identity facts, read off the host (see `PaymentCheck::client`).
+struct ClientFacts {
+    principal: Option<String>,
+    source_address: Option<String>,
+    source_trusted: bool,
+    claims: Vec<(String, String, String)>,
+    now_ms: u64,
+}
+
+impl ClientFacts {
+    fn facts<'a>(&'a self, path: &'a str, headers: &'a [(String, Vec<u8>)]) -> RequestFacts<'a> {
+        RequestFacts {
+            path,
+            headers,
+            principal: self.principal.as_deref(),
+            source_address: self.source_address.as_deref(),
+            source_trusted: self.source_trusted,
+            claims: &self.claims,
+            now_ms: self.now_ms,
+        }
+    }
 }
 
 impl PaymentCheck {
     pub fn new(id: u32, gate: Option<Rc<Gate>>, metrics: Rc<Metrics>, verifier: Rc<RefCell<Verifier>>) -> PaymentCheck {
-        PaymentCheck { id, gate, metrics, verifier, waiting: false }
+        PaymentCheck { id, gate, metrics, verifier, waiting: false, x402: false }
     }
 
     fn check(&mut self, gate: &Gate) -> Action {
@@ -88,11 +114,19 @@ impl PaymentCheck {
         let mut has_body = false;
         let mut forwarded_for = false;
         let mut txids: Vec<&[u8]> = Vec::new();
+        let mut method: &[u8] = b"";
+        let mut signature: Option<&[u8]> = None;
+        let mut cookies: Vec<&[u8]> = Vec::new();
         for (name, value) in &headers {
             match name.as_str() {
                 ":path" => raw_path = value,
-                ":method" => preflight.0 = value.as_slice() == b"OPTIONS",
+                ":method" => {
+                    method = value;
+                    preflight.0 = value.as_slice() == b"OPTIONS";
+                }
                 "origin" => preflight.1 = true,
+                payer::PAYMENT_SIGNATURE => signature = Some(value),
+                "cookie" => cookies.push(value),
                 "access-control-request-method" => preflight.2 = true,
                 "transfer-encoding" => has_body = true,
                 "content-length" => has_body |= value.as_slice() != b"0",
@@ -119,6 +153,17 @@ impl PaymentCheck {
                 String::from_utf8_lossy(raw_without_query)
             );
         }
+        let reading = method == b"GET" || method == b"HEAD";
+        if reading && canonical == payer::MANIFEST_PATH {
+            if let Some(manifest) = &gate.manifest {
+                self.metrics.count(Counter::ManifestAnswers);
+                host::send_own_answer(self.id, manifest, "max-age=300");
+                return Action::Pause;
+            }
+        }
+        if reading && canonical == payer::STATUS_PATH {
+            return self.status(gate, &headers, raw_path, forwarded_for, forged);
+        }
         let matching = path::matching_form(&canonical);
         // A free route needs nothing else from the host: no identity, no clock, no shared data.
         if config.access_for(&matching) == AccessRef::Free {
@@ -131,30 +176,36 @@ impl PaymentCheck {
             self.metrics.count(Counter::Preflights);
             return self.forward(gate, &headers, forged, &Verdict::Free);
         }
-        let uses = |source: &IdentitySource| {
-            config.bind_to.as_ref() == Some(source) || config.penalty.as_ref().is_some_and(|p| &p.identity == source)
-        };
-        let principal = (uses(&IdentitySource::MtlsPrincipal)
-            || config.discounts.iter().any(|d| matches!(d.condition, Condition::MtlsPrincipalIn(_))))
-        .then(|| host::property(&["connection", "uri_san_peer_certificate"]))
-        .flatten();
-        let now_ms = host::now_unix_ms();
-        let needs_source = config.penalty.is_some() || uses(&IdentitySource::SourceAddress);
-        let source_trusted = !needs_source || self.source_is_the_peer(forwarded_for, now_ms);
-        let source_address = needs_source.then(|| host::property(&["source", "address"])).flatten();
-        let claims = jwt_claims(config);
-        let facts = RequestFacts {
-            path: &matching,
-            headers: &headers,
-            principal: principal.as_deref(),
-            source_address: source_address.as_deref(),
-            source_trusted,
-            claims: &claims,
-            now_ms,
-        };
+        if config.txid_cookie && reading {
+            // The paywall's form (no script needed): the txid becomes a cookie, and the browser
+            // comes back to the same path without it. Only this path: no open redirect.
+            if let Some(value) = payer::query_param(raw_path, payer::TXID_COOKIE) {
+                return self.set_txid_cookie(gate, &headers, raw_path, value, forged);
+            }
+        }
+        let signed_txid;
+        if txids.is_empty() {
+            if let Some(value) = signature {
+                self.metrics.count(Counter::X402Signatures);
+                self.x402 = true;
+                // A header that is no x402 payload is refused as a bad txid, like the header's.
+                signed_txid = payer::txid_from_payment_signature(value);
+                txids.push(signed_txid.as_deref().map_or(value, str::as_bytes));
+            } else if config.txid_cookie {
+                if let Some(value) = cookies.iter().find_map(|c| payer::cookie(c, payer::TXID_COOKIE)) {
+                    self.metrics.count(Counter::CookieTxids);
+                    txids.push(value);
+                }
+            }
+        }
+        let needs_source = config.penalty.is_some() || config.bind_to == Some(IdentitySource::SourceAddress);
+        let client = self.client(gate, needs_source, forwarded_for);
+        let now_ms = client.now_ms;
+        let facts = client.facts(&matching, &headers);
+        let source_address = client.source_address.as_deref();
         let (verdict, effects) = gate.admit(&HostStore, &facts, &txids);
         host::count_effects(&self.metrics, effects);
-        if let (Some(_), Some(source)) = (&config.guard, source_address.as_deref()) {
+        if let (Some(_), Some(source)) = (&config.guard, source_address) {
             // A banned client that reached L7 was not dropped in the kernel: posted again.
             let left = match &verdict {
                 Verdict::Reject { rejection: Rejection::ClientBanned { retry_after_secs }, .. } => {
@@ -171,7 +222,7 @@ impl PaymentCheck {
             }
         }
         start_refill(&self.verifier, effects, now_ms);
-        let mut ticket = match verdict {
+        let ticket = match verdict {
             Verdict::Lookup(ticket) => ticket,
             Verdict::Ledger(wait) => {
                 // The request goes on later, from the root context: drop forged headers now.
@@ -196,18 +247,34 @@ impl PaymentCheck {
                 // A 402 shows the client its own address (xpub pay_to; derived once per identity).
                 let payee = (rejection.status() == 402).then(|| gate.client_address(&facts)).flatten();
                 let payee = payee.and_then(Result::ok);
-                host::send_rejection(self.id, gate, &self.metrics, &rejection, policy.as_ref(), payee.as_ref());
+                let reply = ReplyFacts::of(&headers);
+                return self.reject(gate, &headers, forged, &rejection, policy.as_ref(), payee.as_ref(), &reply);
+            }
+            Verdict::Status(status) => {
+                host::send_status(self.id, gate, &self.metrics, &status);
                 return Action::Pause;
             }
             forwarded => return self.forward(gate, &headers, forged, &forwarded),
         };
+        self.park(gate, &headers, forged, ticket, now_ms)
+    }
+
+    /// Parks a request whose txid the explorer must be asked about, with the worker's verifier.
+    fn park(
+        &mut self,
+        gate: &Gate,
+        headers: &[(String, Vec<u8>)],
+        forged: bool,
+        mut ticket: Ticket,
+        now_ms: u64,
+    ) -> Action {
         if ticket.client_key == 0 {
             // Lookups are limited per client: read who this is only now, on the cold path.
             let source = host::property(&["source", "address"]).unwrap_or_default();
             ticket.client_key = identity_hash(&IdentitySource::SourceAddress, client_address(&source).as_bytes());
         }
         // The request will go on later, from the root context: drop forged headers now.
-        if forged && !self.remove_own(MapType::HttpRequestHeaders, &headers) {
+        if forged && !self.remove_own(MapType::HttpRequestHeaders, headers) {
             return self.refuse(gate, Rejection::Internal);
         }
         let Ok(mut v) = self.verifier.try_borrow_mut() else {
@@ -254,6 +321,9 @@ impl PaymentCheck {
             }
         }
         host::count_forwarded(self.id, &self.metrics, verdict);
+        if self.x402 {
+            host::keep_receipt(self.id, verdict);
+        }
         Action::Continue
     }
 
@@ -306,13 +376,142 @@ impl PaymentCheck {
     }
 
     fn refuse(&self, gate: &Gate, rejection: Rejection) -> Action {
-        host::send_rejection(self.id, gate, &self.metrics, &rejection, Some(&gate.config.default_policy), None);
+        let reply = ReplyFacts::default();
+        let policy = Some(&gate.config.default_policy);
+        match host::send_rejection(self.id, gate, &self.metrics, &rejection, policy, None, &reply, false) {
+            Sent::Replied => Action::Pause,
+            // Shadow mode: the forged headers were not looked at yet; dropped on the way.
+            Sent::GoesOn => match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+                Ok(headers) => {
+                    if !self.remove_own(MapType::HttpRequestHeaders, &headers) {
+                        log::error!("#{} txgate: shadow mode could not drop forged headers", self.id);
+                    }
+                    Action::Continue
+                }
+                Err(_) => Action::Continue,
+            },
+        }
+    }
+
+    /// Refuses the request, or in shadow mode lets it go on marked (forged headers dropped).
+    #[allow(clippy::too_many_arguments)]
+    fn reject(
+        &self,
+        gate: &Gate,
+        headers: &[(String, Vec<u8>)],
+        forged: bool,
+        rejection: &Rejection,
+        policy: Option<&Policy>,
+        payee: Option<&ClientAddress>,
+        reply: &ReplyFacts,
+    ) -> Action {
+        if forged && gate.config.shadow && !self.remove_own(MapType::HttpRequestHeaders, headers) {
+            return self.refuse(gate, Rejection::Internal);
+        }
+        match host::send_rejection(self.id, gate, &self.metrics, rejection, policy, payee, reply, false) {
+            Sent::Replied => Action::Pause,
+            Sent::GoesOn => Action::Continue,
+        }
+    }
+
+    /// Who the client is, as the gate needs it: read off the host once per request.
+    fn client(&self, gate: &Gate, needs_source: bool, forwarded_for: bool) -> ClientFacts {
+        let config = &gate.config;
+        let uses = |source: &IdentitySource| {
+            config.bind_to.as_ref() == Some(source) || config.penalty.as_ref().is_some_and(|p| &p.identity == source)
+        };
+        let principal = (uses(&IdentitySource::MtlsPrincipal)
+            || config.discounts.iter().any(|d| matches!(d.condition, Condition::MtlsPrincipalIn(_))))
+        .then(|| host::property(&["connection", "uri_san_peer_certificate"]))
+        .flatten();
+        let now_ms = host::now_unix_ms();
+        let source_trusted = !needs_source || self.source_is_the_peer(forwarded_for, now_ms);
+        let source_address = needs_source.then(|| host::property(&["source", "address"])).flatten();
+        ClientFacts { principal, source_address, source_trusted, claims: jwt_claims(config), now_ms }
+    }
+
+    /// `GET /.well-known/txgate/status?txid=…&path=…`: answered here, never forwarded; the
+    /// txid is judged for `path` (default `/`) with nothing used, bound or struck.
+    fn status(
+        &mut self,
+        gate: &Gate,
+        headers: &[(String, Vec<u8>)],
+        raw_path: &[u8],
+        forwarded_for: bool,
+        forged: bool,
+    ) -> Action {
+        let local = |this: &Self, rejection: Rejection| {
+            let reply = ReplyFacts::default();
+            let _ = host::send_rejection(this.id, gate, &this.metrics, &rejection, None, None, &reply, true);
+            Action::Pause
+        };
+        let route = match payer::query_param(raw_path, "path") {
+            None => b"/".to_vec(),
+            Some(value) => match payer::percent_decode(value) {
+                Some(decoded) => decoded,
+                None => return local(self, Rejection::InvalidPath),
+            },
+        };
+        let Ok(canonical) = path::canonicalize(&route) else { return local(self, Rejection::InvalidPath) };
+        let matching = path::matching_form(&canonical);
+        let txid = payer::query_param(raw_path, "txid").unwrap_or(b"");
+        if gate.config.access_for(&matching) == AccessRef::Free {
+            let free = Rejection::InvalidPath;
+            return local(self, free);
+        }
+        // Always read the source address: cold status checks are limited per client.
+        let client = self.client(gate, true, forwarded_for);
+        let facts = client.facts(&matching, headers);
+        let (verdict, effects) = gate.status(&HostStore, &facts, txid);
+        host::count_effects(&self.metrics, effects);
+        match verdict {
+            Verdict::Status(status) => {
+                host::send_status(self.id, gate, &self.metrics, &status);
+                Action::Pause
+            }
+            Verdict::Lookup(ticket) => self.park(gate, headers, forged, ticket, client.now_ms),
+            Verdict::Reject { rejection, .. } => local(self, rejection),
+            _ => local(self, Rejection::Internal),
+        }
+    }
+
+    /// `?txgate_txid=<txid>` from the paywall's form: 303 back to the same path with the txid in
+    /// an HttpOnly cookie, so that the browser presents it on every request from then on.
+    fn set_txid_cookie(
+        &self,
+        gate: &Gate,
+        headers: &[(String, Vec<u8>)],
+        raw_path: &[u8],
+        value: &[u8],
+        forged: bool,
+    ) -> Action {
+        let Some(txid) = crate::txid::Txid::parse(value) else {
+            let reply = ReplyFacts::of(headers);
+            return self.reject(gate, headers, forged, &Rejection::InvalidTxid, None, None, &reply);
+        };
+        let location = String::from_utf8_lossy(&payer::without_param(raw_path, payer::TXID_COOKIE)).into_owned();
+        let https = headers.iter().any(|(n, v)| n == ":scheme" && v.as_slice() == b"https");
+        let max_age = gate.config.longest_max_age().map_or(String::new(), |d| format!("; Max-Age={}", d.as_secs()));
+        let cookie = format!(
+            "{}={txid}; Path=/; HttpOnly; SameSite=Lax{max_age}{}",
+            payer::TXID_COOKIE,
+            if https { "; Secure" } else { "" }
+        );
+        let reply =
+            vec![("location", location.as_str()), ("set-cookie", cookie.as_str()), ("cache-control", "no-store")];
+        if let Err(status) = hostcalls::send_http_response(303, reply, None) {
+            log::error!("#{} txgate: sending the cookie redirect failed: {status:?}", self.id);
+        }
         Action::Pause
     }
 }
 
 impl Context for PaymentCheck {
     fn on_done(&mut self) -> bool {
+        if self.waiting || self.x402 {
+            // A receipt kept for a response that never came (reset, local reply) goes too.
+            let _ = host::take_receipt(self.id);
+        }
         if self.waiting {
             if let Ok(mut v) = self.verifier.try_borrow_mut() {
                 v.forget(self.id);
@@ -323,6 +522,21 @@ impl Context for PaymentCheck {
 }
 
 impl HttpContext for PaymentCheck {
+    /// A request an x402 `PAYMENT-SIGNATURE` paid for gets `PAYMENT-RESPONSE` (x402 v2).
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.x402 {
+            return Action::Continue;
+        }
+        if let (Some(gate), Some((txid, paid))) = (&self.gate, host::take_receipt(self.id)) {
+            let value = payer::payment_response_header(gate.config.network, &txid, &paid);
+            if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, payer::PAYMENT_RESPONSE, &value)
+            {
+                log::error!("#{} txgate: adding payment-response failed: {status:?}", self.id);
+            }
+        }
+        Action::Continue
+    }
+
     /// Forged `x-txgate-*` trailers would reach an HTTP/2 backend that reads trailers.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         let Ok(trailers) = hostcalls::get_map_bytes(MapType::HttpRequestTrailers) else { return Action::Continue };

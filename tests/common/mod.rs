@@ -117,6 +117,8 @@ pub struct Stack {
     /// Another Envoy started by the test sends requests to this stack's demo API too, so the
     /// final check cannot compare what reached it with this Envoy's counters.
     pub shared_backend: std::sync::atomic::AtomicBool,
+    /// The filter runs in `mode: shadow`: the final probe is let through, marked.
+    shadow: bool,
     /// The mTLS folder, when the listener requires client certificates.
     mtls_dir: Option<PathBuf>,
     pub explorer_ports: Vec<u16>,
@@ -334,6 +336,7 @@ impl Stack {
         let mut stack = Stack {
             dir,
             shared_backend: std::sync::atomic::AtomicBool::new(false),
+            shadow: plugin["mode"] == "shadow",
             mtls_dir: options.mtls_dir.clone(),
             explorer_ports,
             api_port: api_ports[0],
@@ -585,6 +588,7 @@ impl Stack {
         self.stat("txgate_requests_allowed")
             + self.stat("txgate_requests_free")
             + self.stat("txgate_requests_failed_open")
+            + self.stat("txgate_requests_shadowed")
     }
 
     /// Checks run at the end of every test (from `Drop`): every request that reached the backend
@@ -597,6 +601,23 @@ impl Stack {
             assert_eq!(seen, forwarded, "backend requests vs allowed + free + failed_open counters");
         }
         let probe = self.probe();
+        if self.shadow {
+            // Shadow mode lets the probe through, marked with the code it would have got.
+            let seen = self.backend_seen();
+            let last = seen.last().map(|r| r["headers"]["x-txgate-shadow"].clone());
+            assert_eq!(
+                (probe.status, last),
+                (200, Some(json!("payment_required"))),
+                "final probe in shadow mode: {}",
+                probe.body
+            );
+            let envoy = self.envoy.as_mut().expect("envoy");
+            let status = envoy.terminate();
+            let log = self.envoy_log();
+            assert!(status.success(), "Envoy exited with {status} on SIGTERM:\n{log}");
+            assert_clean_envoy_log(&log);
+            return;
+        }
         assert!(
             [401, 402, 429].contains(&probe.status),
             "final probe: the filter did not answer (VM dead?): {} {}",
