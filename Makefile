@@ -62,7 +62,18 @@ $(ENVOY):
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server; }
 	mkdir -p .tools && touch $@
 
-tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp .tools/guard.stamp .tools/etcd.stamp
+# The payers' tests (tests/payer_clients.rs, tests/paywall_browser.rs): the stock x402 clients
+# from npm (tests/payers/package-lock.json) and PyPI, Playwright driving Debian's Chromium (no
+# browser download), and zbarimg to read the paywall's QR code back from a screenshot.
+PAYERS_PIP := x402[requests]==2.25.0 playwright==1.65.2
+.tools/payers.stamp: $(ENVOY) tests/payers/package-lock.json
+	@command -v chromium >/dev/null && command -v zbarimg >/dev/null && command -v npm >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium zbar-tools nodejs npm; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PAYERS_PIP)
+	cd tests/payers && npm ci --no-audit --no-fund --silent
+	mkdir -p .tools && touch $@
+
+tools: $(ENVOY) .tools/rust.stamp .tools/system.stamp .tools/guard.stamp .tools/etcd.stamp .tools/payers.stamp
 
 wasm: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) -p txgate --lib

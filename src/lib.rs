@@ -18,6 +18,7 @@ pub mod gate;
 pub mod grant;
 pub mod guard;
 pub mod identity;
+pub mod json_out;
 pub mod ledger;
 pub mod manifest;
 pub mod memo;

@@ -3,77 +3,88 @@
 //! live 402 stays authoritative. Discount conditions' values (principals, header values, claims)
 //! are never published: only name, percent and kind.
 
-use serde_json::{json, Value};
-
 use crate::config::{Access, Config};
 use crate::discount::Condition;
+use crate::json_out::{self, array, Obj};
 use crate::payer;
+use crate::xpub::ScriptKind;
 
 /// The manifest's schema major: clients should refuse a major they do not know.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u64 = 1;
 
 pub fn render(config: &Config) -> Option<String> {
     let service = config.manifest.as_ref()?;
-    let mut manifest = json!({
-        "txgate": MANIFEST_VERSION,
-        "service": {"name": service.name, "description": service.description, "contact": service.contact},
-        "network": config.network.name(),
-        "network_id": payer::network_id(config.network),
-        "asset": payer::asset_id(config.network),
-        "header": config.header,
-        "x402": true,
-        "status": payer::STATUS_PATH,
-        "default": {
-            "price_sats": config.default_policy.price_sats,
-            "min_confirmations": config.default_policy.min_confirmations,
-            "max_age_secs": config.default_policy.max_age.as_secs(),
-        },
-        "grant": {"requests": config.grant.requests, "window_secs": config.grant.window.map(|w| w.as_secs())},
-        "tolerance_percent": config.tolerance_percent,
-        "routes": config.routes.iter().map(|r| match &r.access {
-            Access::Free => json!({"prefix": r.prefix, "free": true}),
-            Access::Paid(p) => json!({
-                "prefix": r.prefix,
-                "price_sats": p.price_sats,
-                "min_confirmations": p.min_confirmations,
-                "max_age_secs": p.max_age.as_secs(),
-            }),
-        }).collect::<Vec<Value>>(),
-        "discounts": config.discounts.iter().map(|d| json!({
-            "name": d.name,
-            "percent": d.percent,
-            "kind": match d.condition {
-                Condition::MtlsPrincipalIn(_) => "mtls_principal",
-                Condition::Header { .. } => "header",
-                Condition::JwtClaim { .. } => "jwt_claim",
-                Condition::NoStrikesFor(_) => "no_strikes_for",
-            },
-        })).collect::<Vec<Value>>(),
-    });
-    let obj = manifest.as_object_mut()?;
+    let policy = |o: Obj, p: &crate::config::Policy| {
+        o.num("price_sats", p.price_sats).num("min_confirmations", u64::from(p.min_confirmations)).num("max_age_secs", p.max_age.as_secs())
+    };
+    let routes = array(config.routes.iter().map(|r| {
+        let o = Obj::new().str("prefix", &r.prefix);
+        match &r.access {
+            Access::Free => o.bool("free", true).end(),
+            Access::Paid(p) => policy(o, p).end(),
+        }
+    }));
+    let discounts = array(config.discounts.iter().map(|d| {
+        let kind = match d.condition {
+            Condition::MtlsPrincipalIn(_) => "mtls_principal",
+            Condition::Header { .. } => "header",
+            Condition::JwtClaim { .. } => "jwt_claim",
+            Condition::NoStrikesFor(_) => "no_strikes_for",
+        };
+        Obj::new().str("name", &d.name).num("percent", u64::from(d.percent)).str("kind", kind).end()
+    }));
+    let service = Obj::new()
+        .str("name", &service.name)
+        .str("description", &service.description)
+        .str("contact", &service.contact)
+        .end();
+    let grant = Obj::new()
+        .opt_num("requests", config.grant.requests)
+        .opt_num("window_secs", config.grant.window.map(|w| w.as_secs()))
+        .end();
+    let mut o = Obj::new()
+        .num("txgate", MANIFEST_VERSION)
+        .raw("service", &service)
+        .str("network", config.network.name())
+        .str("network_id", payer::network_id(config.network))
+        .str("asset", &payer::asset_id(config.network))
+        .str("header", &config.header)
+        .bool("x402", true)
+        .str("status", payer::STATUS_PATH)
+        .raw("default", &policy(Obj::new(), &config.default_policy).end())
+        .raw("grant", &grant)
+        .num("tolerance_percent", u64::from(config.tolerance_percent))
+        .raw("routes", &routes)
+        .raw("discounts", &discounts);
     if config.txid_cookie {
-        obj.insert("cookie".to_string(), json!(payer::TXID_COOKIE));
+        o = o.str("cookie", payer::TXID_COOKIE);
     }
-    match (&config.pay_to_xpub, &config.bind_to) {
+    o = match (&config.pay_to_xpub, &config.bind_to) {
         // Each client pays its own address: the 402 for its identity shows it.
         (Some(xpub), Some(identity)) => {
-            let per_client = json!({"identity": identity.name(), "script": format!("{:?}", xpub.script).to_lowercase(),
-                "how": "send a request with your identity and no txid: the 402 shows your own address"});
-            obj.insert("pay_to_per_client".to_string(), per_client);
+            let script = match xpub.script {
+                ScriptKind::P2wpkh => "p2wpkh",
+                ScriptKind::P2tr => "p2tr",
+            };
+            let per_client = Obj::new()
+                .str("identity", &identity.name())
+                .str("script", script)
+                .str("how", "send a request with your identity and no txid: the 402 shows your own address")
+                .end();
+            o.raw("pay_to_per_client", &per_client)
         }
-        _ => {
-            obj.insert("pay_to".to_string(), json!(config.pay_to));
-        }
-    }
+        _ => o.raw("pay_to", &array(config.pay_to.iter().map(|a| json_out::string(a)))),
+    };
     if let Some(identity) = &config.bind_to {
-        obj.insert("bind_to".to_string(), json!(identity.name()));
+        o = o.str("bind_to", &identity.name());
     }
-    Some(manifest.to_string())
+    Some(o.end())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn config(extra: Value) -> Config {
         let mut base = json!({

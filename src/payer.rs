@@ -2,9 +2,10 @@
 //! x402 v2 `PAYMENT-REQUIRED` / `PAYMENT-SIGNATURE` / `PAYMENT-RESPONSE` headers for x402
 //! clients, and the cookie and query parameter a browser presents its txid with.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::address::Network;
+use crate::json_out::{array, Obj};
 use crate::ledger::b64;
 
 /// The cookie (and query parameter) a browser presents its txid with; the paywall sets it.
@@ -68,45 +69,43 @@ pub struct Offer<'a> {
 
 impl Offer<'_> {
     /// x402 `accepts[]`: one entry per address (x402 `payTo` is a single string).
-    pub fn x402_accepts(&self) -> Value {
+    pub fn x402_accepts(&self) -> String {
         let timeout = if self.max_age_secs == 0 { NO_EXPIRY_TIMEOUT_SECS } else { self.max_age_secs };
-        let entries: Vec<Value> = self
-            .addresses
-            .iter()
-            .map(|address| {
-                json!({
-                    "scheme": "exact",
-                    "network": network_id(self.network),
-                    "amount": self.price_sats.to_string(),
-                    "asset": asset_id(self.network),
-                    "payTo": address,
-                    "maxTimeoutSeconds": timeout,
-                    "extra": {
-                        "paymentFlow": "upfront",
-                        "assetTransferMethod": "transaction-proof",
-                        "unit": "sat",
-                        "minConfirmations": self.min_confirmations,
-                        "maxAgeSeconds": self.max_age_secs,
-                        "txidHeader": self.header,
-                        "bip21": bip21(address, self.price_sats),
-                    },
-                })
-            })
-            .collect();
-        Value::Array(entries)
+        let amount = self.price_sats.to_string();
+        let asset = asset_id(self.network);
+        array(self.addresses.iter().map(|address| {
+            let extra = Obj::new()
+                .str("paymentFlow", "upfront")
+                .str("assetTransferMethod", "transaction-proof")
+                .str("unit", "sat")
+                .num("minConfirmations", u64::from(self.min_confirmations))
+                .num("maxAgeSeconds", self.max_age_secs)
+                .str("txidHeader", self.header)
+                .str("bip21", &bip21(address, self.price_sats))
+                .end();
+            Obj::new()
+                .str("scheme", "exact")
+                .str("network", network_id(self.network))
+                .str("amount", &amount)
+                .str("asset", &asset)
+                .str("payTo", address)
+                .num("maxTimeoutSeconds", timeout)
+                .raw("extra", &extra)
+                .end()
+        }))
     }
 }
 
 /// The x402 v2 `PAYMENT-REQUIRED` header: standard base64 of the PaymentRequired JSON.
 /// `accepts` is the rendered `accepts[]` (built once per route and address).
 pub fn payment_required_header(code: &str, message: &str, url: &str, accepts: &str) -> String {
-    let head = json!({"x402Version": 2, "error": format!("{code}: {message}"), "resource": {"url": url}});
-    let mut text = head.to_string();
-    // `head` is an object: its closing brace gives way to the pre-rendered `accepts`.
-    text.pop();
-    text.push_str(",\"accepts\":");
-    text.push_str(accepts);
-    text.push('}');
+    let resource = Obj::new().str("url", url).end();
+    let text = Obj::new()
+        .num("x402Version", 2)
+        .str("error", &format!("{code}: {message}"))
+        .raw("resource", &resource)
+        .raw("accepts", accepts)
+        .end();
     b64::encode(text.as_bytes())
 }
 
@@ -130,8 +129,13 @@ pub fn txid_from_payment_signature(value: &[u8]) -> Option<String> {
 
 /// The x402 `PAYMENT-RESPONSE` header of a request a PAYMENT-SIGNATURE paid for.
 pub fn payment_response_header(network: Network, txid: &str, paid_sats: &str) -> String {
-    let body = json!({"success": true, "transaction": txid, "network": network_id(network), "amount": paid_sats});
-    b64::encode(body.to_string().as_bytes())
+    let body = Obj::new()
+        .bool("success", true)
+        .str("transaction", txid)
+        .str("network", network_id(network))
+        .str("amount", paid_sats)
+        .end();
+    b64::encode(body.as_bytes())
 }
 
 /// The value of one cookie in a `cookie` header (`a=1; b=2`).
@@ -218,6 +222,7 @@ pub fn escape_html(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn amounts_are_decimal_btc_without_floats_or_exponents() {
@@ -262,7 +267,7 @@ mod tests {
     #[test]
     fn the_payment_required_header_is_an_x402_v2_challenge() {
         let addresses = vec!["bcrt1qa".to_string(), "bcrt1qb".to_string()];
-        let accepts = offer(&addresses, 0).x402_accepts().to_string();
+        let accepts = offer(&addresses, 0).x402_accepts();
         let header = payment_required_header("payment_required", "pay \"now\"", "http://h/p?q=1", &accepts);
         let decoded: Value = serde_json::from_slice(&b64::decode(&header).unwrap()).unwrap();
         assert_eq!(decoded["x402Version"], 2);
@@ -278,7 +283,7 @@ mod tests {
         assert_eq!(accepts[0]["extra"]["paymentFlow"], "upfront");
         assert_eq!(accepts[0]["extra"]["minConfirmations"], 2);
         assert_eq!(accepts[0]["extra"]["bip21"], "bitcoin:bcrt1qa?amount=0.000015");
-        let with_age = offer(&addresses, 3600).x402_accepts();
+        let with_age: Value = serde_json::from_str(&offer(&addresses, 3600).x402_accepts()).unwrap();
         assert_eq!(with_age[0]["maxTimeoutSeconds"], 3600);
     }
 

@@ -33,7 +33,7 @@ pub struct PageFacts<'a> {
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#1b1b1b}\
 main{max-width:30rem;margin:1.5rem auto;padding:1.5rem;background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002}\
-h1{font-size:1.4rem;margin:0 0 .5rem}.price{font-size:1.3rem;font-weight:600}\
+h1{font-size:1.4rem;margin:0 0 .25rem}.service{margin:0;font-weight:600;color:#555}.price{font-size:1.3rem;font-weight:600}\
 .qr{display:block;width:15rem;height:15rem;margin:1rem auto}code{word-break:break-all;font-size:.95rem}\
 .row{display:flex;gap:.5rem;align-items:center;flex-wrap:wrap}button,.wallet,input[type=submit]{font:inherit;padding:.45rem .9rem;border-radius:8px;border:1px solid #555;background:#fff;color:#1b1b1b;cursor:pointer;text-decoration:none}\
 .wallet{background:#f7931a;border-color:#c46f00;color:#000;display:inline-block;margin:.5rem 0}\
@@ -118,7 +118,7 @@ impl Page {
         let page = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <meta name=\"robots\" content=\"noindex\"><title>Payment required: {title}</title><style>{STYLE}</style></head><body><main>\
-<h1>Payment required</h1>{description}<p class=\"price\">{sats} sats <span>({btc} BTC, {network})</span></p>\
+<h1>Payment required</h1><p class=\"service\">{title}</p>{description}<p class=\"price\">{sats} sats <span>({btc} BTC, {network})</span></p>\
 <p>Pay this amount to the address below. This page lets you in {confirmations}.{window}</p>{qr}\
 <div class=\"row\"><code id=\"address\">{address}</code> <button type=\"button\" id=\"copy\" hidden>Copy address</button></div>\
 <a class=\"wallet\" href=\"{href}\">Open in wallet</a>\

@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Policy};
 use crate::gate::ClientAddress;
+use crate::json_out::{self, array, Obj};
 use crate::payer;
 use crate::paywall::{Page, PageFacts};
 
@@ -236,31 +237,29 @@ impl Rejection {
 
 /// How to pay for the route: everything a client needs to build the payment. With per-client
 /// addresses, `pay_to` holds this client's own address and `derivation` where it comes from.
-pub fn challenge(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> Value {
+pub fn challenge(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> String {
     let addresses = addresses_for(config, payee);
-    let mut challenge = json!({
-        "network": config.network.name(),
-        "network_id": payer::network_id(config.network),
-        "pay_to": addresses,
-        "price_sats": policy.price_sats,
-        "amount_btc": payer::btc_amount(policy.price_sats),
-        "bip21": addresses.iter().map(|a| payer::bip21(a, policy.price_sats)).collect::<Vec<_>>(),
-        "min_confirmations": policy.min_confirmations,
-        "max_age_secs": policy.max_age.as_secs(),
-        "header": config.header,
-    });
-    if let (Some(_), Some(obj)) = (&config.manifest, challenge.as_object_mut()) {
-        obj.insert("manifest".to_string(), json!(payer::MANIFEST_PATH));
+    let quoted = |items: &mut dyn Iterator<Item = String>| array(items.map(|a| json_out::string(&a)));
+    let mut o = Obj::new()
+        .str("network", config.network.name())
+        .raw("pay_to", &quoted(&mut addresses.iter().cloned()))
+        .num("price_sats", policy.price_sats)
+        .num("min_confirmations", u64::from(policy.min_confirmations))
+        .num("max_age_secs", policy.max_age.as_secs())
+        .str("header", &config.header)
+        .str("network_id", payer::network_id(config.network))
+        .str("amount_btc", &payer::btc_amount(policy.price_sats))
+        .raw("bip21", &quoted(&mut addresses.iter().map(|a| payer::bip21(a, policy.price_sats))));
+    if let Some(p) = payee {
+        o = o.raw("derivation", &Obj::new().str("path", &p.path_text()).end());
     }
-    if let (Some(p), Some(obj)) = (payee, challenge.as_object_mut()) {
-        obj.insert("derivation".to_string(), json!({"path": p.path_text()}));
+    if config.manifest.is_some() {
+        o = o.str("manifest", payer::MANIFEST_PATH);
     }
     if config.tolerance_percent > 0 {
-        if let Some(obj) = challenge.as_object_mut() {
-            obj.insert("accepted_sats".to_string(), json!(config.accepted_sats(policy.price_sats)));
-        }
+        o = o.num("accepted_sats", config.accepted_sats(policy.price_sats));
     }
-    challenge
+    o.end()
 }
 
 fn addresses_for(config: &Config, payee: Option<&ClientAddress>) -> Vec<String> {
@@ -302,11 +301,7 @@ impl Challenge {
             })),
             _ => None,
         };
-        Challenge {
-            payment: challenge(config, policy, payee).to_string(),
-            accepts: offer.x402_accepts().to_string(),
-            page,
-        }
+        Challenge { payment: challenge(config, policy, payee), accepts: offer.x402_accepts(), page }
     }
 }
 

@@ -2,9 +2,8 @@
 //! decision for that txid and route, as a state a page or script can follow. Nothing is used,
 //! bound or struck to answer it (see `Gate::status`).
 
-use serde_json::json;
-
 use crate::config::Config;
+use crate::json_out::Obj;
 use crate::gate::PaymentStatus;
 use crate::rejection::{Rejection, CONFIRMATIONS_RETRY_AFTER_SECS, TX_NOT_FOUND_RETRY_AFTER_SECS};
 
@@ -51,18 +50,18 @@ pub fn body(status: &PaymentStatus, config: &Config) -> Option<String> {
         }
         Some(r) => r.message(config),
     };
-    let body = json!({
-        "txid": status.txid.as_str(),
-        "state": state,
-        "error": rejection.map(Rejection::code),
-        "message": message,
-        "confirmations": confirmations,
-        "required": status.policy.min_confirmations,
-        "paid_sats": paid_sats,
-        "required_sats": status.policy.price_sats,
-        "retry_after_secs": retry_after,
-    });
-    Some(body.to_string())
+    let body = Obj::new()
+        .str("txid", status.txid.as_str())
+        .str("state", state)
+        .opt_str("error", rejection.map(Rejection::code))
+        .str("message", &message)
+        .opt_num("confirmations", confirmations)
+        .num("required", u64::from(status.policy.min_confirmations))
+        .opt_num("paid_sats", paid_sats)
+        .num("required_sats", status.policy.price_sats)
+        .opt_num("retry_after_secs", retry_after)
+        .end();
+    Some(body)
 }
 
 #[cfg(test)]
@@ -71,7 +70,7 @@ mod tests {
     use crate::config::Policy;
     use crate::payment::Receipt;
     use crate::txid::Txid;
-    use serde_json::Value;
+    use serde_json::{json, Value};
     use std::time::Duration;
 
     fn config() -> Config {

@@ -486,6 +486,11 @@ impl Stack {
     }
 
     /// The explorer instance's counters: `total`, `tx`, `tip`, `by_path`.
+    /// The explorer's Esplora JSON for a transaction.
+    pub fn get_explorer_tx(&self, txid: &str) -> Value {
+        self.control(0, "GET", &format!("/api/tx/{txid}"), None)
+    }
+
     pub fn explorer_stats(&self, explorer: usize) -> Value {
         self.control(explorer, "GET", "/control/stats", None)
     }
