@@ -58,6 +58,14 @@ Logs are in .run/. Try, in another terminal:
   curl -s -X POST http://127.0.0.1:3002/control/mine -d '{"blocks":1}'; echo
   curl -s -H "x-bitcoin-txid: $TXID" http://127.0.0.1:10000/api/hello; echo
 
+  # 5. The payment's status (answered by txgate, no grant used) and the manifest
+  curl -s "http://127.0.0.1:10000/.well-known/txgate/status?txid=$TXID&path=/api/hello"; echo
+  curl -s http://127.0.0.1:10000/.well-known/txgate; echo
+
+  # 6. x402 clients read the PAYMENT-REQUIRED header; a browser gets the paywall page:
+  #    open http://127.0.0.1:10000/api/hello in a browser
+  curl -s -o /dev/null -D - http://127.0.0.1:10000/api/hello | grep -i '^payment-required' | cut -d' ' -f2 | base64 -d; echo
+
   # Free route, a malformed txid (400) and the counters
   curl -s http://127.0.0.1:10000/free/status; echo
   curl -s -H "x-bitcoin-txid: nope" http://127.0.0.1:10000/api/hello; echo

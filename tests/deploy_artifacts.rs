@@ -355,8 +355,12 @@ fn hardening_problems(doc: &Value) -> Vec<String> {
                     comma_list(&policy["allow_headers"]).contains(&header),
                     format!("{name}/{vname}: allow_headers lacks {header}"),
                 );
+                check(
+                    comma_list(&policy["allow_headers"]).iter().any(|h| h == "payment-signature"),
+                    format!("{name}/{vname}: allow_headers lacks payment-signature (x402 clients in browsers)"),
+                );
                 let exposed = comma_list(&policy["expose_headers"]);
-                for h in ["retry-after", "x-txgate-paid-sats", "x-txgate-txid"] {
+                for h in ["retry-after", "payment-required", "payment-response", "link"] {
                     check(exposed.iter().any(|e| e == h), format!("{name}/{vname}: expose_headers lacks {h}"));
                 }
             }
