@@ -15,7 +15,9 @@ pub const MANIFEST_VERSION: u64 = 1;
 pub fn render(config: &Config) -> Option<String> {
     let service = config.manifest.as_ref()?;
     let policy = |o: Obj, p: &crate::config::Policy| {
-        o.num("price_sats", p.price_sats).num("min_confirmations", u64::from(p.min_confirmations)).num("max_age_secs", p.max_age.as_secs())
+        o.num("price_sats", p.price_sats)
+            .num("min_confirmations", u64::from(p.min_confirmations))
+            .num("max_age_secs", p.max_age.as_secs())
     };
     let routes = array(config.routes.iter().map(|r| {
         let o = Obj::new().str("prefix", &r.prefix);

@@ -1,7 +1,5 @@
 //! Every way a request can be refused: its stable `error` code, HTTP status and JSON body.
 
-use serde_json::{json, Value};
-
 use crate::config::{Config, Policy};
 use crate::gate::ClientAddress;
 use crate::json_out::{self, array, Obj};
@@ -163,7 +161,7 @@ impl Rejection {
 
     /// For the one case where there is no configuration to describe the payment with.
     pub fn body_without_config(&self) -> String {
-        json!({"error": self.code(), "message": INTERNAL_MESSAGE}).to_string()
+        Obj::new().str("error", self.code()).str("message", INTERNAL_MESSAGE).end()
     }
 
     /// The JSON body. Every 402 carries the payment challenge, so a client can pay without docs.
@@ -174,40 +172,34 @@ impl Rejection {
 
     /// The JSON body with the route's pre-rendered challenge (see `Challenge`).
     pub fn body_with(&self, config: &Config, challenge: Option<&Challenge>) -> String {
-        let mut body = json!({"error": self.code(), "message": self.message(config)});
-        let extra = match self {
+        let o = Obj::new().str("error", self.code()).str("message", &self.message(config));
+        let o = match self {
             Rejection::InsufficientPayment { paid_sats, required_sats } => {
-                json!({"paid_sats": paid_sats, "required_sats": required_sats})
+                o.num("paid_sats", *paid_sats).num("required_sats", *required_sats)
             }
-            Rejection::InsufficientConfirmations { confirmations, required } => {
-                json!({"confirmations": confirmations, "required": required, "retry_after_secs": CONFIRMATIONS_RETRY_AFTER_SECS})
-            }
+            Rejection::InsufficientConfirmations { confirmations, required } => o
+                .num("confirmations", *confirmations)
+                .num("required", u64::from(*required))
+                .num("retry_after_secs", CONFIRMATIONS_RETRY_AFTER_SECS),
             Rejection::PaymentExpired { block_time, max_age_secs } => {
-                json!({"block_time": block_time, "max_age_secs": max_age_secs})
+                o.num("block_time", *block_time).num("max_age_secs", *max_age_secs)
             }
-            Rejection::InvalidTxid => json!({"header": config.header}),
+            Rejection::InvalidTxid => o.str("header", &config.header),
             Rejection::PaymentExhausted { requests, window_secs } => {
-                json!({"grant": {"requests": requests, "window_secs": window_secs}})
+                let grant = Obj::new().opt_num("requests", *requests).opt_num("window_secs", *window_secs).end();
+                o.raw("grant", &grant)
             }
             Rejection::ClientBanned { retry_after_secs } | Rejection::StatusLimited { retry_after_secs } => {
-                json!({"retry_after_secs": retry_after_secs})
+                o.num("retry_after_secs", *retry_after_secs)
             }
-            Rejection::TxNotFound => json!({"retry_after_secs": TX_NOT_FOUND_RETRY_AFTER_SECS}),
-            Rejection::IdentityRequired { identity } => json!({"identity": identity}),
-            _ => json!({}),
+            Rejection::TxNotFound => o.num("retry_after_secs", TX_NOT_FOUND_RETRY_AFTER_SECS),
+            Rejection::IdentityRequired { identity } => o.str("identity", identity),
+            _ => o,
         };
-        if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), extra) {
-            obj.extend(extra);
+        match (self.status(), challenge) {
+            (402, Some(challenge)) => o.raw("payment", &challenge.payment).end(),
+            _ => o.end(),
         }
-        let mut text = body.to_string();
-        if let (402, Some(challenge)) = (self.status(), challenge) {
-            // The object's closing brace gives way to the rendered `payment` member.
-            text.pop();
-            text.push_str(",\"payment\":");
-            text.push_str(&challenge.payment);
-            text.push('}');
-        }
-        text
     }
 
     /// Extra response headers beside `content-type`.
@@ -308,7 +300,7 @@ impl Challenge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn config() -> Config {
         Config::from_json(

@@ -3,8 +3,8 @@
 //! bound or struck to answer it (see `Gate::status`).
 
 use crate::config::Config;
-use crate::json_out::Obj;
 use crate::gate::PaymentStatus;
+use crate::json_out::Obj;
 use crate::rejection::{Rejection, CONFIRMATIONS_RETRY_AFTER_SECS, TX_NOT_FOUND_RETRY_AFTER_SECS};
 
 /// The JSON body, or `None` when the outcome is not about the payment (a ban, an explorer that
