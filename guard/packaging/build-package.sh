@@ -34,7 +34,11 @@ if [ "$(id -u)" = 0 ]; then
 else
   user=$(id -un)
   home=${TXGATE_BUILD_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/txgate-build}
+  mkdir -p "$home"
 fi
+# One build at a time in that home (two work trees, or a developer and CI, may run this at once).
+exec 9>>"$home/.lock"
+flock 9
 run_as() { if [ "$(id -u)" = 0 ]; then setpriv --reuid "$user" --regid "$user" --init-groups "$@"; else "$@"; fi; }
 
 # A fresh startdir each time: PKGBUILD and the source tarball.
@@ -55,7 +59,7 @@ makepkg_args=(--nodeps --force --cleanbuild --noconfirm --nocolor)
 if [ "$(id -u)" = 0 ]; then
   # SSL_CERT_FILE and friends stay as the machine sets them (crates.io over TLS).
   for v in SSL_CERT_FILE SSL_CERT_DIR CARGO_HTTP_CAINFO; do
-    [ -n "${!v:-}" ] && build_env+=("$v=${!v}")
+    if [ -n "${!v:-}" ]; then build_env+=("$v=${!v}"); fi
   done
   unshare --mount --propagation private -- bash -c '
     set -e
