@@ -14,6 +14,8 @@
 # - Kept between builds in the build user's home: CARGO_HOME (crates fetched once) and
 #   CARGO_TARGET_DIR, and BUILDDIR is fixed, so $srcdir (in RUSTFLAGS' --remap-path-prefix) does
 #   not change and cargo rebuilds only what changed.
+# The bash -c scripts below take their values as arguments, so their $1 and $@ are meant literally.
+# shellcheck disable=SC2016
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
