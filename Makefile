@@ -118,8 +118,10 @@ e2e: tools build
 test: tools lint unit size validate deploy-check guard-package-check e2e
 	@echo "make test: all checks passed"
 
-# The guard's packaging (guard/packaging/check.sh): apparmor_parser, makepkg --printsrcinfo, shellcheck.
-guard-package-check: .tools/guard.stamp
+# The guard's packaging (guard/packaging/check.sh): the DaemonSet against the Kubernetes schemas
+# (kubernetes-models, installed with the Istio validators) and the agent's needs, broken copies
+# refused; apparmor_parser, makepkg --printsrcinfo, shellcheck.
+guard-package-check: .tools/guard.stamp .tools/deploy.stamp istio/schemas/node_modules/.stamp
 	guard/packaging/check.sh
 
 # `make run LEDGER=etcd`: the same with a local etcd and envoy/ledger.yaml (grants and bindings on etcd).

@@ -93,7 +93,7 @@ fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// One client's view: its namespace and the server address it uses.
+/// One client's view: its namespace, its source address and the server address it uses.
 #[derive(Clone)]
 struct Client {
     ns: String,
@@ -110,7 +110,21 @@ impl Client {
         let header = txid.map(|t| format!("x-bitcoin-txid: {t}")).unwrap_or_else(|| "x-none: 1".into());
         let out = run(&mut in_ns(
             &self.ns,
-            &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "1.5", "-H", &header, &url],
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "1.5",
+                "--interface",
+                self.addr,
+                "-H",
+                &header,
+                &url,
+            ],
         ));
         match out.status.code() {
             Some(0) => Some(String::from_utf8_lossy(&out.stdout).trim().parse().expect("status")),
@@ -133,6 +147,10 @@ struct Bed {
     c1v6: Client,
     c2: Client,
     c2v6: Client,
+    /// Two addresses of one IPv6 /64 in the first client's namespace, routed (not on the server's
+    /// link, whose /64 holds the server's own address).
+    c3v6: Client,
+    c3v6b: Client,
     // Dropped before the namespaces go.
     envoy: Option<Bg>,
     agent: Option<Bg>,
@@ -242,6 +260,8 @@ impl Bed {
             c1v6: Client { ns: a.clone(), addr: "2001:db8:7467:1::1", server: "2001:db8:7467:1::2" },
             c2: Client { ns: b.clone(), addr: "198.51.100.3", server: "198.51.100.2" },
             c2v6: Client { ns: b.clone(), addr: "2001:db8:7467:2::3", server: "2001:db8:7467:2::2" },
+            c3v6: Client { ns: a.clone(), addr: "2001:db8:7467:11::1", server: "2001:db8:7467:1::2" },
+            c3v6b: Client { ns: a.clone(), addr: "2001:db8:7467:11::5", server: "2001:db8:7467:1::2" },
             envoy: None,
             agent: None,
             backends: Vec::new(),
@@ -270,6 +290,12 @@ impl Bed {
             must(&["ip", "-n", &s, "link", "set", &srv_if, "up"]);
             must(&["ip", "-n", ns, "link", "set", &cli_if, "up"]);
         }
+        // The routed /64 behind the first client (c3v6, c3v6b).
+        for addr in ["2001:db8:7467:11::1/64", "2001:db8:7467:11::5/64"] {
+            must(&["ip", "-n", &a, "addr", "add", addr, "dev", &format!("{prefix}a1"), "nodad"]);
+        }
+        let a0 = format!("{prefix}a0");
+        must(&["ip", "-n", &s, "-6", "route", "add", "2001:db8:7467:11::/64", "via", "2001:db8:7467:1::1", "dev", &a0]);
         must(&["ip", "-n", &s, "link", "set", "lo", "up"]);
         let d = bed.dir.path().to_path_buf();
         let devnet = |name: &str| {
@@ -445,15 +471,15 @@ impl Bed {
     }
 
     /// Bogus txids until the penalty box bans the client (max_strikes 2), then waits until the
-    /// agent has the ban.
-    fn get_banned(&self, client: &Client) {
+    /// agent has the ban, listed as `ban` (the address, or an IPv6 client's /64).
+    fn get_banned(&self, client: &Client, ban: &str) {
         for txid in [BOGUS, BOGUS2] {
             let status = client.get("/paid", Some(txid));
             assert_eq!(status, Some(402), "a bogus txid from {} is refused by txgate", client.addr);
         }
         assert!(
-            wait_until(5, || self.banned().iter().any(|a| a == client.addr)),
-            "the filter never posted the ban of {} to the agent: {:?}\n{}",
+            wait_until(5, || self.banned().iter().any(|a| a == ban)),
+            "the filter never posted the ban of {} ({ban}) to the agent: {:?}\n{}",
             client.addr,
             self.banned(),
             self.envoy_log()
@@ -463,24 +489,29 @@ impl Bed {
 
 #[test]
 fn banned_clients_are_dropped_in_the_kernel_until_the_ban_expires_ipv4_and_ipv6() {
-    let Some(bed) = Bed::start('k', "6s") else { return };
-    for c in [&bed.c1, &bed.c1v6, &bed.c2, &bed.c2v6] {
+    let Some(bed) = Bed::start('k', "10s") else { return };
+    for c in [&bed.c1, &bed.c1v6, &bed.c2, &bed.c2v6, &bed.c3v6, &bed.c3v6b] {
         assert_eq!(c.get("/free", None), Some(200), "{} is served before any ban", c.addr);
     }
-    bed.get_banned(&bed.c1);
-    bed.get_banned(&bed.c1v6);
     let banned_at = Instant::now();
-    assert_eq!(bed.envoy_stat("txgate_guard_posts"), 2, "one post per ban");
+    bed.get_banned(&bed.c1, "192.0.2.1");
+    // On the server's own link (its /64 holds the server's address): the address alone.
+    bed.get_banned(&bed.c1v6, "2001:db8:7467:1::1");
+    // Elsewhere an IPv6 client is its /64, in the kernel as in the penalty box.
+    bed.get_banned(&bed.c3v6, "2001:db8:7467:11::/64");
+    assert_eq!(bed.envoy_stat("txgate_guard_posts"), 3, "one post per ban");
     assert_eq!(bed.envoy_stat("txgate_guard_errors"), 0);
 
     let drops = bed.agent_metric("txgate_guard_dropped_packets_total");
     let connections = bed.envoy_stat("http.api.downstream_cx_total");
-    for c in [&bed.c1, &bed.c1v6] {
+    // c3v6b was never posted: its /64 was. Without the /64 in the kernel it would reach Envoy
+    // (429, banned at L7) instead.
+    for c in [&bed.c1, &bed.c1v6, &bed.c3v6, &bed.c3v6b] {
         assert_eq!(c.get("/free?while-banned", None), None, "{}'s SYNs are dropped in the kernel while banned", c.addr);
     }
     assert!(
-        bed.agent_metric("txgate_guard_dropped_packets_total") >= drops + 2,
-        "the drop counter rises (a SYN of each family at least)"
+        bed.agent_metric("txgate_guard_dropped_packets_total") >= drops + 4,
+        "the drop counter rises (a SYN of each client at least)"
     );
     assert_eq!(bed.envoy_stat("http.api.downstream_cx_total"), connections, "Envoy saw no new connection");
     for c in [&bed.c2, &bed.c2v6] {
@@ -489,14 +520,14 @@ fn banned_clients_are_dropped_in_the_kernel_until_the_ban_expires_ipv4_and_ipv6(
     // Once the other client's lines are flushed, the banned one's would be too: there are none.
     assert!(wait_until(5, || bed.access_log().matches("other-client").count() == 2), "{}", bed.access_log());
     assert!(!bed.access_log().contains("while-banned"), "a banned request reached Envoy:\n{}", bed.access_log());
-    assert!(banned_at.elapsed() < Duration::from_secs(5), "the checks above ran while the 6 s ban held");
+    assert!(banned_at.elapsed() < Duration::from_secs(9), "the checks above ran while the 10 s bans held");
 
     // The ban lifts in the kernel (the agent does nothing), then the client is served again.
-    for c in [&bed.c1, &bed.c1v6] {
+    for c in [&bed.c1, &bed.c1v6, &bed.c3v6, &bed.c3v6b] {
         assert!(wait_until(10, || c.get("/free", None) == Some(200)), "{} is served again after the ban", c.addr);
     }
-    assert!(banned_at.elapsed() >= Duration::from_secs(4), "not served before the ban's end");
-    assert!(bed.agent_metric("txgate_guard_expired_bans_total") >= 2, "the program removed the expired bans");
+    assert!(banned_at.elapsed() >= Duration::from_secs(8), "not served before the ban's end");
+    assert!(bed.agent_metric("txgate_guard_expired_bans_total") >= 3, "the program removed the expired bans");
     assert!(bed.banned().is_empty(), "no ban listed after expiry: {:?}", bed.banned());
 }
 
@@ -514,7 +545,7 @@ fn the_agent_keeps_bans_across_restarts_refuses_protected_addresses_and_the_filt
     }
     assert_eq!(bed.agent_metric("txgate_guard_bans_refused_total{reason=\"protected\"}"), 4);
 
-    bed.get_banned(&bed.c1);
+    bed.get_banned(&bed.c1, "192.0.2.1");
     assert_eq!(bed.c1.get("/free", None), None, "dropped in the kernel");
 
     // Restart: the pinned maps keep the ban, the new attachment drops again.
@@ -580,7 +611,7 @@ fn the_agent_keeps_bans_across_restarts_refuses_protected_addresses_and_the_filt
 #[ignore]
 fn flood_measurement() {
     let Some(mut bed) = Bed::start('m', "300s") else { return };
-    bed.get_banned(&bed.c1);
+    bed.get_banned(&bed.c1, "192.0.2.1");
     // Without the agent (XDP detached, re-posts failing) every request reaches Envoy.
     bed.agent.as_mut().expect("agent").stop();
     let wrk = |extra: &[&str]| {

@@ -3,6 +3,10 @@
 //
 // Maps (BTF-defined, loaded by the Rust agent with aya):
 //   bans4 / bans6  LRU hash: source address (network order) -> expiry, CLOCK_MONOTONIC ns.
+//   bans6net       LRU hash: the first 64 bits of an IPv6 source (as in the packet) -> expiry.
+//                  The penalty box bans an IPv6 client by its /64 (one subscriber holds a whole
+//                  /64), and so does the agent; a single IPv6 address only where the /64 must
+//                  not go with it (the node's own link). A source is looked up whole, then by /64.
 //                  Pinned by name in bpffs, so a restart of the agent keeps the bans. An expired
 //                  entry is deleted by the program itself when it meets one: bans lift in the
 //                  kernel, with or without the agent.
@@ -39,6 +43,14 @@ struct {
     __type(value, __u64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } bans6 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, __u64);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} bans6net SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -138,15 +150,20 @@ int txgate_guard(struct xdp_md *ctx) {
         if ((void *)(ip6 + 1) > end)
             return pass();
         struct in6_addr src = ip6->saddr;
+        __u64 net;
+        __builtin_memcpy(&net, &src, sizeof(net)); // the /64: the address's first 8 bytes
         __u64 *until = bpf_map_lookup_elem(&bans6, &src);
-        if (!until)
+        __u64 *until_net = until ? 0 : bpf_map_lookup_elem(&bans6net, &net);
+        if (!until && !until_net)
             return pass();
         // Extension headers are not walked: a banned source with one (a fragment, say) is
         // dropped, as its port cannot be read here.
         int port = (ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP)
                        ? dest_port(ip6 + 1, end, ip6->nexthdr)
                        : (ip6->nexthdr == IPPROTO_ICMPV6 ? -1 : -2);
-        return judge(&bans6, &src, until, port);
+        if (until)
+            return judge(&bans6, &src, until, port);
+        return judge(&bans6net, &net, until_net, port);
     }
     return pass();
 }

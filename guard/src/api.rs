@@ -1,8 +1,9 @@
 //! The ban API, independent of the kernel: `BanStore` is the XDP maps in the agent and a plain
 //! map in the tests.
 //!
-//! - `POST /v1/bans {"address": "192.0.2.1", "ttl_secs": 600, "reason": "client_banned"}`
-//! - `DELETE /v1/bans/<address>`
+//! - `POST /v1/bans {"address": "192.0.2.1", "ttl_secs": 600, "reason": "client_banned"}`: bans
+//!   the address, or for IPv6 the client's /64 as the penalty box does (`policy::ban_range`)
+//! - `DELETE /v1/bans/<address>` (lifts the bans that cover it) or `/v1/bans/<net>/64`
 //! - `GET /v1/bans`, `GET /metrics`, `GET /healthz`
 //!
 //! Only the configured uids (Envoy's) and root may call it: the peer's uid comes from the kernel
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Request, Response};
-use crate::policy::{parse_address, Protected, MAX_TTL_SECS};
+use crate::policy::{ban_range, parse_address, show, Cidr, Protected, MAX_TTL_SECS, V6_CLIENT_PREFIX};
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -28,12 +29,13 @@ pub struct XdpCounters {
     pub banned_other_port: u64,
 }
 
-/// Bans by source address, with their expiry on CLOCK_MONOTONIC (ns), as the XDP program reads it.
+/// Bans by source range (an address, a /32 or /128, or an IPv6 /64, as `policy::ban_range` makes
+/// them), with their expiry on CLOCK_MONOTONIC (ns), as the XDP program reads it.
 pub trait BanStore {
-    fn insert(&mut self, ip: IpAddr, expires_ns: u64) -> Result<(), String>;
-    fn get(&self, ip: IpAddr) -> Option<u64>;
-    fn remove(&mut self, ip: IpAddr) -> Result<bool, String>;
-    fn list(&self) -> Vec<(IpAddr, u64)>;
+    fn insert(&mut self, ban: Cidr, expires_ns: u64) -> Result<(), String>;
+    fn get(&self, ban: Cidr) -> Option<u64>;
+    fn remove(&mut self, ban: Cidr) -> Result<bool, String>;
+    fn list(&self) -> Vec<(Cidr, u64)>;
     fn counters(&self) -> XdpCounters;
 }
 
@@ -126,54 +128,80 @@ impl Api {
             log::warn!("txgate-guard: refused a ban of {ip}: {why}");
             return Response::error(422, "protected", why);
         }
+        let range = ban_range(ip, &self.protected, call.node_addresses);
         let wanted = call.now_ns.saturating_add(req.ttl_secs.saturating_mul(NANOS));
         // A shorter ban never cuts a longer one short.
-        let expires = store.get(ip).filter(|e| *e > wanted).unwrap_or(wanted);
-        if let Err(e) = store.insert(ip, expires) {
+        let expires = store.get(range).filter(|e| *e > wanted).unwrap_or(wanted);
+        if let Err(e) = store.insert(range, expires) {
             self.counters.store_errors = self.counters.store_errors.saturating_add(1);
             return Response::error(500, "store", e);
         }
         self.counters.bans_added = self.counters.bans_added.saturating_add(1);
         log::info!(
-            "txgate-guard: banned {ip} for {}s ({})",
+            "txgate-guard: banned {} for {}s ({})",
+            show(&range),
             secs_left(expires, call.now_ns),
             req.reason.as_deref().unwrap_or("no reason given")
         );
-        Response::json(200, json!({"address": ip.to_string(), "expires_in_secs": secs_left(expires, call.now_ns)}))
+        Response::json(200, json!({"address": show(&range), "expires_in_secs": secs_left(expires, call.now_ns)}))
     }
 
+    /// An address lifts every ban that covers it (its own, and for IPv6 its /64's); `net/64` or a
+    /// full-length `addr/128` lifts that one ban.
     fn unban(&mut self, store: &mut dyn BanStore, address: &str) -> Response {
-        let ip = match parse_address(address) {
-            Ok(ip) => ip,
-            Err(e) => return self.invalid(e),
-        };
-        match store.remove(ip) {
-            Ok(removed) => {
-                if removed {
-                    self.counters.bans_removed = self.counters.bans_removed.saturating_add(1);
+        let (label, bans) = if address.contains('/') {
+            match Cidr::parse(address) {
+                Ok(c)
+                    if c == Cidr::around(c.addr, c.prefix)
+                        && (c.prefix == Cidr::around(c.addr, 128).prefix
+                            || (c.addr.is_ipv6() && c.prefix == V6_CLIENT_PREFIX)) =>
+                {
+                    (show(&c), vec![c])
                 }
-                Response::json(200, json!({"address": ip.to_string(), "removed": removed}))
+                Ok(c) => return self.invalid(format!("{c}: bans are single addresses or IPv6 /64s")),
+                Err(e) => return self.invalid(e),
             }
-            Err(e) => {
-                self.counters.store_errors = self.counters.store_errors.saturating_add(1);
-                Response::error(500, "store", e)
+        } else {
+            match parse_address(address) {
+                Ok(ip) if ip.is_ipv6() => {
+                    (ip.to_string(), vec![Cidr::around(ip, 128), Cidr::around(ip, V6_CLIENT_PREFIX)])
+                }
+                Ok(ip) => (ip.to_string(), vec![Cidr::around(ip, 32)]),
+                Err(e) => return self.invalid(e),
+            }
+        };
+        let mut removed = false;
+        for ban in bans {
+            match store.remove(ban) {
+                Ok(gone) => {
+                    if gone {
+                        removed = true;
+                        self.counters.bans_removed = self.counters.bans_removed.saturating_add(1);
+                    }
+                }
+                Err(e) => {
+                    self.counters.store_errors = self.counters.store_errors.saturating_add(1);
+                    return Response::error(500, "store", e);
+                }
             }
         }
+        Response::json(200, json!({"address": label, "removed": removed}))
     }
 
     fn list(store: &dyn BanStore, now_ns: u64) -> Response {
-        let mut bans: Vec<(IpAddr, u64)> = store.list().into_iter().filter(|(_, e)| *e > now_ns).collect();
+        let mut bans: Vec<(Cidr, u64)> = store.list().into_iter().filter(|(_, e)| *e > now_ns).collect();
         bans.sort();
         let bans: Vec<_> = bans
             .iter()
-            .map(|(ip, e)| json!({"address": ip.to_string(), "expires_in_secs": secs_left(*e, now_ns)}))
+            .map(|(ban, e)| json!({"address": show(ban), "expires_in_secs": secs_left(*e, now_ns)}))
             .collect();
         Response::json(200, json!({ "bans": bans }))
     }
 
     /// Prometheus text exposition.
     pub fn metrics(&self, store: &dyn BanStore, now_ns: u64) -> String {
-        let active: Vec<IpAddr> = store.list().into_iter().filter(|(_, e)| *e > now_ns).map(|(ip, _)| ip).collect();
+        let active: Vec<IpAddr> =
+            store.list().into_iter().filter(|(_, e)| *e > now_ns).map(|(ban, _)| ban.addr).collect();
         let v4 = active.iter().filter(|ip| ip.is_ipv4()).count();
         let v6 = active.len().saturating_sub(v4);
         let x = store.counters();
@@ -218,20 +246,29 @@ mod tests {
     use crate::policy::Cidr;
 
     #[derive(Default)]
-    struct Mem(HashMap<IpAddr, u64>);
+    struct Mem(HashMap<Cidr, u64>);
+
+    fn one(ip: &str) -> Cidr {
+        let ip: IpAddr = ip.parse().unwrap();
+        Cidr::around(ip, 128)
+    }
+
+    fn net(cidr: &str) -> Cidr {
+        Cidr::parse(cidr).unwrap()
+    }
 
     impl BanStore for Mem {
-        fn insert(&mut self, ip: IpAddr, expires_ns: u64) -> Result<(), String> {
-            self.0.insert(ip, expires_ns);
+        fn insert(&mut self, ban: Cidr, expires_ns: u64) -> Result<(), String> {
+            self.0.insert(ban, expires_ns);
             Ok(())
         }
-        fn get(&self, ip: IpAddr) -> Option<u64> {
-            self.0.get(&ip).copied()
+        fn get(&self, ban: Cidr) -> Option<u64> {
+            self.0.get(&ban).copied()
         }
-        fn remove(&mut self, ip: IpAddr) -> Result<bool, String> {
-            Ok(self.0.remove(&ip).is_some())
+        fn remove(&mut self, ban: Cidr) -> Result<bool, String> {
+            Ok(self.0.remove(&ban).is_some())
         }
-        fn list(&self) -> Vec<(IpAddr, u64)> {
+        fn list(&self) -> Vec<(Cidr, u64)> {
             self.0.iter().map(|(k, v)| (*k, *v)).collect()
         }
         fn counters(&self) -> XdpCounters {
@@ -266,7 +303,7 @@ mod tests {
         );
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["address"], "192.0.2.1");
-        assert_eq!(store.get("192.0.2.1".parse().unwrap()), Some(NOW + 30 * NANOS));
+        assert_eq!(store.get(one("192.0.2.1")), Some(NOW + 30 * NANOS));
         let (_, list) = call(&mut api, &mut store, 1337, req("GET", "/v1/bans", ""));
         assert_eq!(list["bans"], json!([{"address": "192.0.2.1", "expires_in_secs": 30}]));
         let (status, body) = call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/192.0.2.1", ""));
@@ -283,10 +320,10 @@ mod tests {
         let (mut api, mut store) = (api(), Mem::default());
         call(&mut api, &mut store, 1337, req("POST", "/v1/bans", r#"{"address":"2001:db8::1","ttl_secs":100}"#));
         call(&mut api, &mut store, 1337, req("POST", "/v1/bans", r#"{"address":"2001:db8::1","ttl_secs":5}"#));
-        assert_eq!(store.get("2001:db8::1".parse().unwrap()), Some(NOW + 100 * NANOS));
-        store.0.insert("192.0.2.9".parse().unwrap(), NOW - 1);
+        assert_eq!(store.get(net("2001:db8::/64")), Some(NOW + 100 * NANOS));
+        store.0.insert(one("192.0.2.9"), NOW - 1);
         let (_, list) = call(&mut api, &mut store, 1337, req("GET", "/v1/bans", ""));
-        assert_eq!(list["bans"], json!([{"address": "2001:db8::1", "expires_in_secs": 100}]));
+        assert_eq!(list["bans"], json!([{"address": "2001:db8::/64", "expires_in_secs": 100}]));
     }
 
     #[test]
@@ -334,7 +371,7 @@ mod tests {
         let (mut api, mut store) = (api(), Mem::default());
         call(&mut api, &mut store, 1337, req("POST", "/v1/bans", r#"{"address":"192.0.2.1","ttl_secs":3}"#));
         call(&mut api, &mut store, 1337, req("POST", "/v1/bans", r#"{"address":"2001:db8::1","ttl_secs":3}"#));
-        call(&mut api, &mut store, 1337, req("POST", "/v1/bans", r#"{"address":"2001:db8::2","ttl_secs":3}"#));
+        call(&mut api, &mut store, 1337, req("POST", "/v1/bans", r#"{"address":"2001:db8:0:1::1","ttl_secs":3}"#));
         let resp = api.handle(
             &mut store,
             &req("GET", "/metrics", ""),
@@ -350,6 +387,40 @@ mod tests {
         ] {
             assert!(resp.body.lines().any(|l| l == line), "{line} missing in\n{}", resp.body);
         }
+    }
+
+    #[test]
+    fn an_ipv6_ban_covers_the_clients_64_as_the_penalty_box_does() {
+        let (mut api, mut store) = (api(), Mem::default());
+        let ban = |address: &str, ttl: u64| format!(r#"{{"address":"{address}","ttl_secs":{ttl}}}"#);
+        let (status, body) =
+            call(&mut api, &mut store, 1337, req("POST", "/v1/bans", &ban("[2001:db8:1:2:aaaa::1]:443", 30)));
+        assert_eq!((status, body["address"].clone()), (200, json!("2001:db8:1:2::/64")), "{body}");
+        // Another address of the same /64 (a rotated one) is the same ban, not a second entry.
+        call(&mut api, &mut store, 1337, req("POST", "/v1/bans", &ban("2001:db8:1:2:ffff::9", 60)));
+        assert_eq!(store.0.len(), 1, "{:?}", store.0);
+        assert_eq!(store.get(net("2001:db8:1:2::/64")), Some(NOW + 60 * NANOS));
+        // Any address of it lifts it; so does the /64 itself.
+        let (status, body) = call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/2001:db8:1:2::7", ""));
+        assert_eq!((status, body["removed"].clone()), (200, json!(true)), "{body}");
+        assert!(store.0.is_empty());
+        call(&mut api, &mut store, 1337, req("POST", "/v1/bans", &ban("2001:db8:1:2::1", 30)));
+        let (_, body) = call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/2001:db8:1:2::/64", ""));
+        assert_eq!(body["removed"], json!(true), "{body}");
+        assert_eq!(call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/2001:db8:1:2::/48", "")).0, 400);
+        assert_eq!(call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/2001:db8::/32", "")).0, 400);
+        assert_eq!(call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/192.0.2.1/32", "")).0, 200);
+        assert_eq!(call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/2001:db8:1:2::1/64", "")).0, 400);
+        // A /64 holding the node's address (its own link): the address alone.
+        let node: Vec<IpAddr> = vec!["2001:db8:7467:1::2".parse().unwrap()];
+        let r = req("POST", "/v1/bans", &ban("2001:db8:7467:1::1", 30));
+        let resp = api.handle(&mut store, &r, &Call { peer_uid: Some(0), now_ns: NOW, node_addresses: &node });
+        assert!(resp.body.contains(r#""address":"2001:db8:7467:1::1""#), "{}", resp.body);
+        assert_eq!(store.0.keys().copied().collect::<Vec<_>>(), vec![one("2001:db8:7467:1::1")]);
+        let (_, body) = call(&mut api, &mut store, 0, req("DELETE", "/v1/bans/2001:db8:7467:1::1", ""));
+        assert_eq!(body["removed"], json!(true), "{body}");
+        assert!(store.0.is_empty());
+        assert_eq!(api.counters.bans_removed, 3);
     }
 
     #[test]

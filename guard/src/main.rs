@@ -15,7 +15,7 @@ use aya::programs::{Xdp, XdpMode};
 use aya::EbpfLoader;
 use txgate_guard::api::{Api, BanStore, Call, XdpCounters};
 use txgate_guard::http::{self, Parse, Response};
-use txgate_guard::policy::{canonical, v4_from_key, v4_key, v6_key, Cidr, Protected};
+use txgate_guard::policy::{canonical, v4_from_key, v4_key, v6_from_net_key, v6_key, v6_net_key, Cidr, Protected};
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_guard.o"));
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -90,44 +90,76 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
+/// The kernel's ban maps: `bans4` and `bans6` by single address, `bans6net` by IPv6 /64 (the
+/// program looks up the address, then its /64).
 struct XdpStore {
     bans4: HashMap<MapData, u32, u64>,
     bans6: HashMap<MapData, [u8; 16], u64>,
+    bans6net: HashMap<MapData, u64, u64>,
     stats: PerCpuArray<MapData, u64>,
 }
 
+/// Which map holds a ban, and its key there.
+enum Key {
+    V4(u32),
+    V6([u8; 16]),
+    V6Net(u64),
+}
+
+fn key(ban: Cidr) -> Result<Key, String> {
+    match (ban.addr, ban.prefix) {
+        (IpAddr::V4(v4), 32) => Ok(Key::V4(v4_key(v4))),
+        (IpAddr::V6(v6), 128) => Ok(Key::V6(v6_key(v6))),
+        (IpAddr::V6(v6), 64) => Ok(Key::V6Net(v6_net_key(v6))),
+        _ => Err(format!("{ban}: the kernel keeps single addresses and IPv6 /64s only")),
+    }
+}
+
 impl BanStore for XdpStore {
-    fn insert(&mut self, ip: IpAddr, expires_ns: u64) -> Result<(), String> {
-        match ip {
-            IpAddr::V4(v4) => self.bans4.insert(v4_key(v4), expires_ns, 0),
-            IpAddr::V6(v6) => self.bans6.insert(v6_key(v6), expires_ns, 0),
+    fn insert(&mut self, ban: Cidr, expires_ns: u64) -> Result<(), String> {
+        match key(ban)? {
+            Key::V4(k) => self.bans4.insert(k, expires_ns, 0),
+            Key::V6(k) => self.bans6.insert(k, expires_ns, 0),
+            Key::V6Net(k) => self.bans6net.insert(k, expires_ns, 0),
         }
         .map_err(|e| e.to_string())
     }
 
-    fn get(&self, ip: IpAddr) -> Option<u64> {
-        match ip {
-            IpAddr::V4(v4) => self.bans4.get(&v4_key(v4), 0).ok(),
-            IpAddr::V6(v6) => self.bans6.get(&v6_key(v6), 0).ok(),
+    fn get(&self, ban: Cidr) -> Option<u64> {
+        match key(ban).ok()? {
+            Key::V4(k) => self.bans4.get(&k, 0).ok(),
+            Key::V6(k) => self.bans6.get(&k, 0).ok(),
+            Key::V6Net(k) => self.bans6net.get(&k, 0).ok(),
         }
     }
 
-    fn remove(&mut self, ip: IpAddr) -> Result<bool, String> {
-        if self.get(ip).is_none() {
+    fn remove(&mut self, ban: Cidr) -> Result<bool, String> {
+        if self.get(ban).is_none() {
             return Ok(false);
         }
-        match ip {
-            IpAddr::V4(v4) => self.bans4.remove(&v4_key(v4)),
-            IpAddr::V6(v6) => self.bans6.remove(&v6_key(v6)),
+        match key(ban)? {
+            Key::V4(k) => self.bans4.remove(&k),
+            Key::V6(k) => self.bans6.remove(&k),
+            Key::V6Net(k) => self.bans6net.remove(&k),
         }
         .map(|()| true)
         .map_err(|e| e.to_string())
     }
 
-    fn list(&self) -> Vec<(IpAddr, u64)> {
-        let v4 = self.bans4.iter().filter_map(Result::ok).map(|(k, v)| (IpAddr::V4(v4_from_key(k)), v));
-        let v6 = self.bans6.iter().filter_map(Result::ok).map(|(k, v)| (IpAddr::V6(Ipv6Addr::from(k)), v));
-        v4.chain(v6).collect()
+    fn list(&self) -> Vec<(Cidr, u64)> {
+        let v4 =
+            self.bans4.iter().filter_map(Result::ok).map(|(k, v)| (Cidr::around(IpAddr::V4(v4_from_key(k)), 32), v));
+        let v6 = self
+            .bans6
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (Cidr::around(IpAddr::V6(Ipv6Addr::from(k)), 128), v));
+        let net = self
+            .bans6net
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (Cidr::around(IpAddr::V6(v6_from_net_key(k)), 64), v));
+        v4.chain(v6).chain(net).collect()
     }
 
     fn counters(&self) -> XdpCounters {
@@ -303,6 +335,8 @@ fn run(o: Options) -> Result<(), String> {
     let store = XdpStore {
         bans4: HashMap::try_from(ebpf.take_map("bans4").ok_or("no map bans4")?).map_err(|e| format!("bans4: {e}"))?,
         bans6: HashMap::try_from(ebpf.take_map("bans6").ok_or("no map bans6")?).map_err(|e| format!("bans6: {e}"))?,
+        bans6net: HashMap::try_from(ebpf.take_map("bans6net").ok_or("no map bans6net")?)
+            .map_err(|e| format!("bans6net: {e}"))?,
         stats: PerCpuArray::try_from(ebpf.take_map("stats").ok_or("no map stats")?)
             .map_err(|e| format!("stats: {e}"))?,
     };

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// An address range `addr/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
@@ -27,6 +27,30 @@ impl Cidr {
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("bad prefix in {text:?}"))?,
         };
         Ok(Cidr { addr, prefix })
+    }
+
+    /// The range of `prefix` bits around `ip` (host bits cleared); the prefix is capped at the
+    /// family's length.
+    pub fn around(ip: IpAddr, prefix: u8) -> Cidr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let prefix = prefix.min(32);
+                let mask = u32::MAX.checked_shl(32u32.saturating_sub(u32::from(prefix))).unwrap_or(0);
+                Cidr { addr: IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask)), prefix }
+            }
+            IpAddr::V6(v6) => {
+                let prefix = prefix.min(128);
+                let mask = u128::MAX.checked_shl(128u32.saturating_sub(u32::from(prefix))).unwrap_or(0);
+                Cidr { addr: IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)), prefix }
+            }
+        }
+    }
+
+    /// Whether the two ranges share an address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let shorter = if self.prefix <= other.prefix { self } else { other };
+        let longer = if self.prefix <= other.prefix { other } else { self };
+        shorter.contains(longer.addr)
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -100,6 +124,40 @@ impl Protected {
     }
 }
 
+/// The prefix the penalty box bans an IPv6 client by (one subscriber holds a whole /64, so single
+/// addresses would be free to rotate): the filter's `client_address`, and the kernel's too.
+pub const V6_CLIENT_PREFIX: u8 = 64;
+
+/// What the kernel drops for a ban of `ip` (already checked by `Protected::refusal`): an IPv4
+/// address alone; for IPv6 the client's /64, as the penalty box bans it, unless that /64 holds
+/// one of the node's addresses or part of a never-ban range: then the address alone (a neighbour
+/// on the node's own link, or addresses the operator protects, must not go with it).
+pub fn ban_range(ip: IpAddr, protected: &Protected, node_addresses: &[IpAddr]) -> Cidr {
+    let ip = canonical(ip);
+    let single = Cidr::around(ip, 128);
+    if ip.is_ipv4() {
+        return single;
+    }
+    let net = Cidr::around(ip, V6_CLIENT_PREFIX);
+    let shared = node_addresses.iter().any(|a| net.contains(canonical(*a)))
+        || protected.never_ban.iter().any(|c| c.overlaps(&net));
+    if shared {
+        single
+    } else {
+        net
+    }
+}
+
+/// A ban as the API shows it: `192.0.2.1`, `2001:db8::1`, `2001:db8:1:2::/64`.
+pub fn show(ban: &Cidr) -> String {
+    let full = if ban.addr.is_ipv4() { 32 } else { 128 };
+    if ban.prefix == full {
+        ban.addr.to_string()
+    } else {
+        ban.to_string()
+    }
+}
+
 /// Bytes of the key the XDP program looks up: network order, as on the wire.
 pub fn v4_key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -111,6 +169,18 @@ pub fn v4_from_key(key: u32) -> Ipv4Addr {
 
 pub fn v6_key(ip: Ipv6Addr) -> [u8; 16] {
     ip.octets()
+}
+
+/// The key of `bans6net`: the first 64 bits of the address as the program reads them off the
+/// packet (network order in memory); the low 64 bits play no part.
+pub fn v6_net_key(ip: Ipv6Addr) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = ip.octets();
+    u64::from_ne_bytes([a, b, c, d, e, f, g, h])
+}
+
+pub fn v6_from_net_key(key: u64) -> Ipv6Addr {
+    let [a, b, c, d, e, f, g, h] = key.to_ne_bytes();
+    Ipv6Addr::from([a, b, c, d, e, f, g, h, 0, 0, 0, 0, 0, 0, 0, 0])
 }
 
 #[cfg(test)]
@@ -182,5 +252,31 @@ mod tests {
         let ip = Ipv4Addr::new(192, 0, 2, 1);
         assert_eq!(v4_key(ip).to_ne_bytes(), [192, 0, 2, 1]);
         assert_eq!(v4_from_key(v4_key(ip)), ip);
+        let v6: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        assert_eq!(v6_net_key(v6).to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2]);
+        assert_eq!(v6_net_key(v6), v6_net_key("2001:db8:1:2:ffff::9".parse().unwrap()), "one key per /64");
+        assert_ne!(v6_net_key(v6), v6_net_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(v6_from_net_key(v6_net_key(v6)), "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn ipv6_bans_cover_the_64_the_penalty_box_bans_unless_it_holds_the_node_or_a_protected_range() {
+        let protected = Protected { never_ban: vec![Cidr::parse("2001:db8:5::10").unwrap()] };
+        let node: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "2001:db8:7467:1::2".parse().unwrap()];
+        let range = |ip: &str| show(&ban_range(parse_address(ip).unwrap(), &protected, &node));
+        // The filter's identity tests: both addresses are the client 2001:db8:1:2::/64.
+        assert_eq!(range("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(range("[2001:db8:1:2:ffff::9]:1"), "2001:db8:1:2::/64");
+        assert_eq!(range("2001:db8:1:3::1"), "2001:db8:1:3::/64");
+        assert_eq!(range("192.0.2.1"), "192.0.2.1");
+        assert_eq!(range("::ffff:192.0.2.1"), "192.0.2.1");
+        // The node's own /64 (its link neighbours) and a /64 with a never-ban address: the address alone.
+        assert_eq!(range("2001:db8:7467:1::1"), "2001:db8:7467:1::1");
+        assert_eq!(range("2001:db8:5::99"), "2001:db8:5::99");
+        assert_eq!(ban_range("2001:db8:1:2::1".parse().unwrap(), &protected, &node).prefix, 64);
+        assert!(Cidr::parse("2001:db8::/32").unwrap().overlaps(&Cidr::parse("2001:db8:1:2::/64").unwrap()));
+        assert!(Cidr::parse("2001:db8:1:2::/64").unwrap().overlaps(&Cidr::parse("2001:db8::/32").unwrap()));
+        assert!(!Cidr::parse("2001:db8:1:3::/64").unwrap().overlaps(&Cidr::parse("2001:db8:1:2::5").unwrap()));
+        assert!(!Cidr::parse("10.0.0.0/8").unwrap().overlaps(&Cidr::parse("::a00:0/104").unwrap()));
     }
 }
