@@ -17,7 +17,10 @@ fn payers_dir() -> PathBuf {
 
 /// Runs a client script and reads the one JSON line it prints.
 fn run(mut cmd: Command, what: &str) -> Value {
-    let out = cmd.current_dir(payers_dir()).output().unwrap_or_else(|e| panic!("{what} could not start: {e} (run `make test`)"));
+    let out = cmd
+        .current_dir(payers_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("{what} could not start: {e} (run `make test`)"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

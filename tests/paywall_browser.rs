@@ -17,7 +17,9 @@ fn repo() -> PathBuf {
 
 #[test]
 fn a_person_pays_through_the_paywall_with_and_without_javascript() {
-    let stack = Stack::with_plugin(json!({"paywall": {"title": "Demo market data", "description": "Quotes and reports, paid per request."}}));
+    let stack = Stack::with_plugin(
+        json!({"paywall": {"title": "Demo market data", "description": "Quotes and reports, paid per request."}}),
+    );
     let url = format!("http://127.0.0.1:{}/api/report", stack.listener_port);
     let devnet = format!("http://127.0.0.1:{}", stack.explorer_ports[0]);
     let out_dir = stack.dir.path().join("browser");
@@ -42,7 +44,14 @@ fn a_person_pays_through_the_paywall_with_and_without_javascript() {
     assert!(result["csp"].as_str().unwrap_or_default().starts_with("default-src 'none'"));
     assert_eq!(result["console_errors"], json!([]), "no CSP violation or script error");
     let aria = result["aria"].as_str().unwrap_or_default();
-    for part in ["heading \"Payment required\"", "img \"QR code of the payment link\"", "link \"Open in wallet\"", "textbox \"Transaction id\"", "button \"I have paid\"", "status"] {
+    for part in [
+        "heading \"Payment required\"",
+        "img \"QR code of the payment link\"",
+        "link \"Open in wallet\"",
+        "textbox \"Transaction id\"",
+        "button \"I have paid\"",
+        "status",
+    ] {
         assert!(aria.contains(part), "accessibility tree lacks {part}:\n{aria}");
     }
     assert_eq!(result["address"], MERCHANT);
@@ -51,7 +60,8 @@ fn a_person_pays_through_the_paywall_with_and_without_javascript() {
 
     // The QR code in the screenshot holds the BIP21 URI (upper-cased bech32, as BIP173 advises).
     let screenshot = out_dir.join("paywall.png");
-    let zbar = Command::new("zbarimg").args(["-q", "--raw"]).arg(&screenshot).output().expect("zbarimg (run `make test`)");
+    let zbar =
+        Command::new("zbarimg").args(["-q", "--raw"]).arg(&screenshot).output().expect("zbarimg (run `make test`)");
     let decoded = String::from_utf8_lossy(&zbar.stdout).trim().to_string();
     assert_eq!(decoded, format!("BITCOIN:{}?amount=0.00001", MERCHANT.to_uppercase()), "zbarimg: {zbar:?}");
     assert!(decoded.eq_ignore_ascii_case(&bip21));
@@ -69,7 +79,8 @@ fn a_person_pays_through_the_paywall_with_and_without_javascript() {
     assert_eq!(result["nojs_body"]["txgate"]["txid"], result["nojs_txid"]);
     // The two page loads reached the API; so does the browser's own favicon request, which
     // carries the cookie like any other (README: mark asset prefixes free).
-    let paths: Vec<String> = stack.backend_seen().iter().map(|r| r["path"].as_str().unwrap_or_default().to_string()).collect();
+    let paths: Vec<String> =
+        stack.backend_seen().iter().map(|r| r["path"].as_str().unwrap_or_default().to_string()).collect();
     assert_eq!(paths.iter().filter(|p| *p == "/api/report").count(), 2, "{paths:?}");
     assert!(paths.iter().all(|p| p == "/api/report" || p == "/favicon.ico"), "{paths:?}");
     assert_eq!(stack.stat("txgate_penalty_strikes"), 0);
