@@ -196,6 +196,14 @@ pub fn without_param(path: &[u8], name: &str) -> Vec<u8> {
     out
 }
 
+/// Where the paywall form's redirect goes: the request's canonical path (never the raw one: a
+/// raw `//host/x` would be a protocol-relative URL to another site) and its query without `name`.
+pub fn redirect_target(canonical: &str, raw_path: &[u8], name: &str) -> String {
+    let kept = without_param(raw_path, name);
+    let query = kept.iter().position(|b| *b == b'?').and_then(|at| kept.get(at..)).unwrap_or(b"");
+    format!("{canonical}{}", String::from_utf8_lossy(query))
+}
+
 /// A browser asking for a page (x402's rule): `Accept` names `text/html` and the user agent is
 /// a browser's. curl, SDKs and scripts keep getting JSON.
 pub fn wants_html(accept: Option<&[u8]>, user_agent: Option<&[u8]>) -> bool {
@@ -331,6 +339,11 @@ mod tests {
         assert_eq!(without_param(b"/p?txgate_txid=ab", "txgate_txid"), b"/p");
         assert_eq!(without_param(b"/p", "txgate_txid"), b"/p");
         assert_eq!(percent_decode(b"%2Fpremium%2freport+x"), Some(b"/premium/report+x".to_vec()));
+        assert_eq!(
+            redirect_target("/evil.example/api", b"//evil.example/api?a=1&txgate_txid=x", "txgate_txid"),
+            "/evil.example/api?a=1"
+        );
+        assert_eq!(redirect_target("/api", b"/./api?txgate_txid=x", "txgate_txid"), "/api");
         assert_eq!(percent_decode(b"%2"), None);
         assert_eq!(percent_decode(b"%zz"), None);
     }

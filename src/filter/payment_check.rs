@@ -180,7 +180,8 @@ impl PaymentCheck {
             // The paywall's form (no script needed): the txid becomes a cookie, and the browser
             // comes back to the same path without it. Only this path: no open redirect.
             if let Some(value) = payer::query_param(raw_path, payer::TXID_COOKIE) {
-                return self.set_txid_cookie(gate, &headers, raw_path, value, forged);
+                let location = payer::redirect_target(&canonical, raw_path, payer::TXID_COOKIE);
+                return self.set_txid_cookie(gate, &headers, &location, value, forged);
             }
         }
         let signed_txid;
@@ -456,8 +457,11 @@ impl PaymentCheck {
         let matching = path::matching_form(&canonical);
         let txid = payer::query_param(raw_path, "txid").unwrap_or(b"");
         if gate.config.access_for(&matching) == AccessRef::Free {
-            let free = Rejection::InvalidPath;
-            return local(self, free);
+            // Nothing to pay there: said as a state, so a page can simply go on.
+            self.metrics.count(Counter::StatusAnswers);
+            let free = crate::json_out::Obj::new().str("state", "free").str("message", "This route is free.").end();
+            host::send_own_answer(self.id, &free, "no-store");
+            return Action::Pause;
         }
         // Always read the source address: cold status checks are limited per client.
         let client = self.client(gate, true, forwarded_for);
@@ -481,7 +485,7 @@ impl PaymentCheck {
         &self,
         gate: &Gate,
         headers: &[(String, Vec<u8>)],
-        raw_path: &[u8],
+        location: &str,
         value: &[u8],
         forged: bool,
     ) -> Action {
@@ -489,7 +493,6 @@ impl PaymentCheck {
             let reply = ReplyFacts::of(headers);
             return self.reject(gate, headers, forged, &Rejection::InvalidTxid, None, None, &reply);
         };
-        let location = String::from_utf8_lossy(&payer::without_param(raw_path, payer::TXID_COOKIE)).into_owned();
         let https = headers.iter().any(|(n, v)| n == ":scheme" && v.as_slice() == b"https");
         let max_age = gate.config.longest_max_age().map_or(String::new(), |d| format!("; Max-Age={}", d.as_secs()));
         let cookie = format!(
@@ -498,7 +501,7 @@ impl PaymentCheck {
             if https { "; Secure" } else { "" }
         );
         let reply =
-            vec![("location", location.as_str()), ("set-cookie", cookie.as_str()), ("cache-control", "no-store")];
+            vec![("location", location), ("set-cookie", cookie.as_str()), ("cache-control", "no-store")];
         if let Err(status) = hostcalls::send_http_response(303, reply, None) {
             log::error!("#{} txgate: sending the cookie redirect failed: {status:?}", self.id);
         }
