@@ -50,9 +50,10 @@ $(ENVOY):
 .tools/guard.stamp:
 	@command -v clang >/dev/null && test -f /usr/include/bpf/bpf_helpers.h && command -v fail2ban-regex >/dev/null \
 	  && command -v apparmor_parser >/dev/null && command -v makepkg >/dev/null && command -v bsdtar >/dev/null \
-	  && command -v ip >/dev/null && command -v setpriv >/dev/null || { apt-get update -qq && \
+	  && command -v ip >/dev/null && command -v setpriv >/dev/null && command -v systemd-tmpfiles >/dev/null \
+	  || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev \
-	  iproute2 util-linux fail2ban apparmor pacman-package-manager makepkg libarchive-tools; }
+	  iproute2 util-linux fail2ban apparmor pacman-package-manager makepkg libarchive-tools systemd; }
 	mkdir -p .tools && touch $@
 
 # The ledger tests (tests/ledger.rs) and `make run LEDGER=etcd` start a real etcd: Debian's

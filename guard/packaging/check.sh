@@ -55,6 +55,18 @@ if command -v shellcheck >/dev/null; then
   echo "shellcheck: PKGBUILD clean"
 fi
 
+# --- tmpfiles.d: the pin directory the unprivileged agent needs, applied to a scratch root ---
+tmproot="$tmp/tmpfiles-root"
+mkdir -p "$tmproot/etc" "$tmproot/sys/fs/bpf" && chmod 0700 "$tmproot/sys/fs/bpf"
+echo 'txgate-guard:x:990:990::/:/usr/sbin/nologin' > "$tmproot/etc/passwd"
+echo 'txgate-guard:x:990:' > "$tmproot/etc/group"
+systemd-tmpfiles --root="$tmproot" --create "$here/txgate-guard.tmpfiles" || fail "systemd-tmpfiles refused txgate-guard.tmpfiles"
+[ "$(stat -c '%a' "$tmproot/sys/fs/bpf")" = 711 ] && [ "$(stat -c '%a %u' "$tmproot/sys/fs/bpf/txgate")" = "700 990" ] ||
+  fail "tmpfiles.d did not make /sys/fs/bpf traversable and /sys/fs/bpf/txgate the agent's"
+grep -q '^ExecStartPre=+/usr/bin/systemd-tmpfiles --create /usr/lib/tmpfiles.d/txgate-guard.conf$' "$here/txgate-guard.service" ||
+  fail "the unit does not create its pin directory before the sandbox"
+echo "tmpfiles.d: /sys/fs/bpf 0711, /sys/fs/bpf/txgate 0700 txgate-guard"
+
 # --- makepkg: a real build, as a non-root user (build-package.sh), and what the package holds ---
 start_build=$(date +%s)
 pkg=$("$here/build-package.sh" "$tmp/pkg" > "$tmp/makepkg.log" 2>&1 && tail -1 "$tmp/makepkg.log") ||
@@ -66,6 +78,7 @@ etc/txgate-guard.conf
 usr/bin/txgate-guard
 usr/lib/systemd/system/txgate-guard.service
 usr/lib/sysusers.d/txgate-guard.conf
+usr/lib/tmpfiles.d/txgate-guard.conf
 usr/share/txgate-guard/fail2ban/filter.d/txgate.conf
 usr/share/txgate-guard/fail2ban/jail.d/txgate.conf"
 # Each packaged file is the repository's (the binary: the agent, runnable, only glibc and libgcc_s).
@@ -79,6 +92,7 @@ package_holds() {  # PKG: exit 1 with the reasons when the package is not what P
   cmp -s "$x/etc/txgate-guard.conf" "$here/txgate-guard.conf" || { echo "  txgate-guard.conf differs"; ok=1; }
   cmp -s "$x/usr/lib/systemd/system/txgate-guard.service" "$here/txgate-guard.service" || { echo "  unit differs"; ok=1; }
   cmp -s "$x/usr/lib/sysusers.d/txgate-guard.conf" "$here/txgate-guard.sysusers" || { echo "  sysusers differs"; ok=1; }
+  cmp -s "$x/usr/lib/tmpfiles.d/txgate-guard.conf" "$here/txgate-guard.tmpfiles" || { echo "  tmpfiles differs"; ok=1; }
   cmp -s "$x/usr/share/txgate-guard/fail2ban/filter.d/txgate.conf" "$root/guard/fail2ban/filter.d/txgate.conf" || { echo "  fail2ban filter differs"; ok=1; }
   cmp -s "$x/usr/share/txgate-guard/fail2ban/jail.d/txgate.conf" "$root/guard/fail2ban/jail.d/txgate.conf" || { echo "  fail2ban jail differs"; ok=1; }
   ! grep -q "txgate-build" "$x/usr/bin/txgate-guard" || { echo "  usr/bin/txgate-guard names the build user's directories"; ok=1; }
