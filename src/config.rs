@@ -341,6 +341,14 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, ConfigError> {
 }
 
 impl Config {
+    /// The smallest valid configuration, for other modules' unit tests.
+    #[cfg(test)]
+    pub(crate) fn regtest_example() -> Config {
+        let text = r#"{"network": "regtest", "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"],
+                       "price_sats": 1000, "explorers": [{"cluster": "e", "authority": "e"}]}"#;
+        Config::from_json(text.as_bytes()).expect("the example configuration is valid")
+    }
+
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return refuse("configuration", "is empty; pay_to, price_sats, network and explorers are required");

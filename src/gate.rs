@@ -1237,8 +1237,9 @@ mod tests {
         assert_eq!(code(&verify(&closed, &store, &[], &no_tip).0), "explorer_unavailable");
     }
 
-    fn status(gate: &Gate, store: &MemoryStore, txid: &str, source: &str) -> (Verdict, Effects) {
-        let facts = RequestFacts {
+    /// What a request to /api from `source` with no headers tells the gate.
+    fn from_source(source: &str) -> RequestFacts<'_> {
+        RequestFacts {
             path: "/api",
             headers: &[],
             principal: None,
@@ -1246,8 +1247,11 @@ mod tests {
             source_trusted: true,
             claims: &[],
             now_ms: NOW_MS,
-        };
-        gate.status(store, &facts, txid.as_bytes())
+        }
+    }
+
+    fn status(gate: &Gate, store: &MemoryStore, txid: &str, source: &str) -> (Verdict, Effects) {
+        gate.status(store, &from_source(source), txid.as_bytes())
     }
 
     fn state(v: &Verdict) -> Result<Receipt, &'static str> {
@@ -1467,18 +1471,7 @@ mod tests {
     #[test]
     fn clients_without_the_identity_are_struck_by_their_own_address() {
         let (gate, store) = gate(json!({"penalty": {"identity": "header:x-key", "max_strikes": 2}}));
-        let from = |source: &str| {
-            let facts = RequestFacts {
-                path: "/api",
-                headers: &[],
-                principal: None,
-                source_address: Some(source),
-                source_trusted: true,
-                claims: &[],
-                now_ms: NOW_MS,
-            };
-            gate.admit(&store, &facts, &[b"bogus".as_slice()]).0
-        };
+        let from = |source: &str| gate.admit(&store, &from_source(source), &[b"bogus".as_slice()]).0;
         assert_eq!(code(&from("10.0.0.1:1")), "invalid_txid");
         assert_eq!(code(&from("10.0.0.1:2")), "invalid_txid");
         assert_eq!(code(&from("10.0.0.1:3")), "client_banned", "two strikes for 10.0.0.1");

@@ -303,13 +303,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn config() -> Config {
-        Config::from_json(
-            json!({"network": "regtest", "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"], "price_sats": 1000,
-                   "explorers": [{"cluster": "e", "authority": "e"}]})
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap()
+        Config::regtest_example()
     }
 
     fn body_of(r: &Rejection) -> Value {

@@ -70,17 +70,11 @@ mod tests {
     use crate::config::Policy;
     use crate::payment::Receipt;
     use crate::txid::Txid;
-    use serde_json::{json, Value};
+    use serde_json::Value;
     use std::time::Duration;
 
     fn config() -> Config {
-        Config::from_json(
-            json!({"network": "regtest", "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"], "price_sats": 1000,
-                   "explorers": [{"cluster": "e", "authority": "e"}]})
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap()
+        Config::regtest_example()
     }
 
     fn of(outcome: Result<Receipt, Rejection>) -> Option<Value> {

@@ -500,8 +500,7 @@ impl PaymentCheck {
             payer::TXID_COOKIE,
             if https { "; Secure" } else { "" }
         );
-        let reply =
-            vec![("location", location), ("set-cookie", cookie.as_str()), ("cache-control", "no-store")];
+        let reply = vec![("location", location), ("set-cookie", cookie.as_str()), ("cache-control", "no-store")];
         if let Err(status) = hostcalls::send_http_response(303, reply, None) {
             log::error!("#{} txgate: sending the cookie redirect failed: {status:?}", self.id);
         }
