@@ -13,7 +13,7 @@ use crate::esplora::{ExplorerError, TxAnswer, TxLookup};
 use crate::grant::Use;
 use crate::identity::{client_address, identity_hash, IdentitySource};
 use crate::ledger::config::LedgerFailureMode;
-use crate::ledger::etcd::{bucket_lease, Attempt, Pay};
+use crate::ledger::etcd::{bucket_lease, Attempt, ChainFacts, Pay};
 use crate::ledger::held::{attempt_for, LedgerTable, Take, Want};
 use crate::ledger::owner::owner_id;
 use crate::memo::LocalMemo;
@@ -957,6 +957,40 @@ impl Gate {
             return None;
         }
         Some(attempt_for(&held, pay, seq))
+    }
+
+    /// Whether replicas share what the chain said of a payment through the ledger, so that one
+    /// verification serves the whole mesh: with `verify: explorer` (a proven payment's facts are
+    /// this replica's to prove) and fixed `pay_to` addresses (a lookup serves every payee then).
+    pub fn shares_chain_facts(&self) -> bool {
+        self.ledger.is_some() && self.config.spv().is_none() && self.config.pay_to_xpub.is_none()
+    }
+
+    /// What a first use writes to the ledger about a confirmed payment in `slot`.
+    pub fn chain_facts(&self, store: &dyn SharedStore, slot: usize, record: &[u8; 32]) -> Option<ChainFacts> {
+        if !self.shares_chain_facts() {
+            return None;
+        }
+        match self.payments.at(store, slot, record)?.state {
+            PaymentState::Confirmed { paid_sats, block } => {
+                Some(ChainFacts { paid_sats, height: block.height, time: block.time })
+            }
+            _ => None,
+        }
+    }
+
+    /// The ledger key of a payment's chain facts, and the record they belong to.
+    pub fn chain_facts_key(&self, txid: &Txid) -> Option<String> {
+        let ledger = self.config.ledger.as_ref()?;
+        let record = Self::record_key(txid, None);
+        Some(crate::ledger::etcd::Keys::new(&ledger.prefix(self.config.network.name()), &record, "").fact)
+    }
+
+    /// Another replica's verification, as if an explorer had answered it (to `pay_to[0]`).
+    pub fn answer_from_facts(&self, facts: &ChainFacts) -> Option<TxAnswer> {
+        let address = self.config.pay_to.first()?;
+        let block = Some(crate::esplora::BlockPlace { height: facts.height, time: facts.time });
+        Some(TxAnswer::Found { block, outputs: vec![(address.clone(), facts.paid_sats)] })
     }
 
     /// The etcd could not be asked in time: 503 `ledger_unavailable` (closed), or counted by

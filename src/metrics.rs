@@ -52,6 +52,8 @@ pub enum Counter {
     X402Signatures,
     /// Requests whose txid came in the `txgate_txid` cookie.
     CookieTxids,
+    /// Lookups answered by the chain facts another replica verified (read from the ledger).
+    LedgerFactsHits,
 }
 
 /// `Rejection` without its details, so that counters can be listed.
@@ -82,7 +84,7 @@ pub enum RejectionKind {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 48] = [
+    pub const ALL: [Counter; 49] = [
         Counter::Allowed,
         Counter::CacheHits,
         Counter::Strikes,
@@ -131,6 +133,7 @@ impl Counter {
         Counter::X402Signatures,
         Counter::CookieTxids,
         Counter::Rejected(RejectionKind::StatusLimited),
+        Counter::LedgerFactsHits,
     ];
 
     pub fn name(self) -> &'static str {
@@ -185,6 +188,7 @@ impl Counter {
             Counter::PaywallPages => "txgate_paywall_pages",
             Counter::X402Signatures => "txgate_x402_signatures",
             Counter::CookieTxids => "txgate_cookie_txids",
+            Counter::LedgerFactsHits => "txgate_ledger_facts_hits",
         }
     }
 

@@ -597,6 +597,45 @@ fn warm_requests_make_no_etcd_call() {
     );
 }
 
+/// A payment one replica verified is not verified again by the others: its first use writes what
+/// the chain said to the ledger, and another replica's first contact reads it instead of asking
+/// an explorer about the transaction (only the tip, to count confirmations).
+#[test]
+fn a_payment_verified_by_one_replica_is_not_verified_again_by_another() {
+    let stack = Stack::start();
+    let etcd = Etcd::start(1);
+    let prefix = prefix();
+    let plugin = ledger_plugin(&prefix, json!({"grant": {"requests": 10}}), json!({}));
+    let a = Replica::start(&stack, &etcd, &plugin, "a");
+    let b = Replica::start(&stack, &etcd, &plugin, "b");
+    let txid = stack.paid_and_mined(1000);
+    stack.reset_explorer_stats(0);
+    assert_eq!(code(&a.get(&txid, None)), "ok");
+    assert_eq!(stack.explorer_stats(0)["tx"], 1, "A verified it with the explorer");
+    let reply = b.get(&txid, None);
+    assert_eq!(code(&reply), "ok");
+    let stats = stack.explorer_stats(0);
+    assert_eq!(stats["tx"], 1, "B took A's verification from the ledger: {stats}");
+    assert_eq!(b.stat("txgate_ledger_facts_hits"), 1);
+    assert_eq!(serde_json::from_str::<Value>(&reply.body).unwrap()["txgate"]["paid_sats"], 1000);
+    // B still counts confirmations itself, and the grant stays one across both.
+    assert!(serde_json::from_str::<Value>(&reply.body).unwrap()["txgate"]["confirmations"].as_u64() >= Some(1));
+    for i in 0..8 {
+        assert_eq!(code(&[&a, &b][i % 2].get(&txid, None)), "ok");
+    }
+    assert_eq!(code(&a.get(&txid, None)), "payment_exhausted");
+    // A txid nobody verified costs one ledger read and then the explorer, as before.
+    let unknown = "ab".repeat(32);
+    assert_eq!(code(&b.get(&unknown, None)), "tx_not_found");
+    assert_eq!(stack.explorer_stats(0)["tx"], 2);
+    assert_eq!(b.stat("txgate_ledger_facts_hits"), 1);
+    // An underpayment never reaches the ledger, so nothing can be taken from it for free.
+    let short = stack.paid_and_mined(10);
+    assert_eq!(code(&a.get(&short, None)), "insufficient_payment");
+    assert_eq!(code(&b.get(&short, None)), "insufficient_payment");
+    assert_eq!(stack.explorer_stats(0)["tx"], 4);
+}
+
 /// 3 members: the leader SIGKILLed half-way, later two members frozen (SIGSTOP) for 3 s: never
 /// more than N granted, and the test reports how many paid requests were refused.
 #[test]

@@ -83,6 +83,11 @@ impl LedgerQueue {
         self.next_seq
     }
 
+    /// Whether etcd may be asked now (its circuit is closed).
+    pub fn available(&self, now_ms: u64) -> bool {
+        !self.breaker.is_open(now_ms)
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
@@ -155,7 +160,7 @@ impl LedgerQueue {
         now_ms < op.started_ms.saturating_add(deadline)
     }
 
-    fn post(gate: &Gate, path: &str, body: &str, timeout: Duration) -> Result<u32, ()> {
+    pub(super) fn post(gate: &Gate, path: &str, body: &str, timeout: Duration) -> Result<u32, ()> {
         let Some(ledger) = &gate.config.ledger else { return Err(()) };
         let headers = vec![
             (":method", "POST"),
@@ -199,7 +204,12 @@ impl LedgerQueue {
                 self.fail(gate, &record, now_ms, done);
                 continue;
             };
-            let body = attempt.body(&Keys::new(&prefix, &record, &replica), &replica);
+            // The first use also tells the other replicas what the chain said (no re-verification).
+            let facts = match &attempt {
+                etcd::Attempt::First { .. } => gate.chain_facts(&HostStore, op.slot, &record),
+                etcd::Attempt::Reserve { .. } => None,
+            };
+            let body = attempt.body_with_facts(&Keys::new(&prefix, &record, &replica), &replica, facts.as_ref());
             metrics.count(Counter::LedgerCalls);
             match Self::post(gate, TXN_PATH, &body, Self::timeout(gate, op, now_ms)) {
                 Ok(token) => {

@@ -10,7 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::host::{self, HostStore, Metrics};
-use super::ledger::{Answer, Enqueued};
+use super::ledger::{Answer, Enqueued, LedgerQueue};
 use super::payment_check::PaymentCheck;
 use super::verifier::{Call, Verifier};
 use crate::breaker::{first_explorer, next_explorer, Breaker};
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::duration::millis;
 use crate::esplora::{self, ExplorerError, TxAnswer, MAX_BODY_BYTES};
 use crate::gate::{Effects, Gate, LookupResult, Stored, Verdict};
+use crate::ledger::etcd::{parse_range, range_body, ChainFacts, EtcdError, RANGE_PATH};
 use crate::metrics::Counter;
 use crate::rejection::Rejection;
 use crate::spv_lookup::{Env, Fetch, Next, Outcome, SpvLookup};
@@ -97,6 +98,55 @@ impl FilterRoot {
             }
         }
         None
+    }
+
+    /// A new lookup: with the ledger, first the chain facts another replica verified (one etcd
+    /// read, no explorer call when they are there), else the explorers.
+    fn start_lookup(&self, gate: &Gate, v: &mut Verifier, txid: Txid, now_ms: u64, done: &mut Finished) {
+        if let (true, Some(key), Some(ledger)) =
+            (gate.shares_chain_facts() && v.ledger.available(now_ms), gate.chain_facts_key(&txid), &gate.config.ledger)
+        {
+            self.count(Counter::LedgerCalls);
+            if let Ok(token) = LedgerQueue::post(gate, RANGE_PATH, &range_body(&key), ledger.timeout) {
+                v.calls.insert(token, Call::Facts { txid });
+                return;
+            }
+            self.count(Counter::LedgerErrors);
+        }
+        self.dispatch_tx(gate, v, txid, 0, now_ms, done);
+    }
+
+    /// The ledger's answer about a payment's chain facts: used as the explorer's, or the
+    /// explorers are asked when there are none (or etcd did not answer).
+    fn on_facts_answer(
+        &self,
+        gate: &Gate,
+        v: &mut Verifier,
+        txid: Txid,
+        answer: Result<(u16, Vec<u8>), ExplorerError>,
+        now_ms: u64,
+        done: &mut Finished,
+    ) {
+        if !v.lookups.contains_key(&txid) {
+            return; // Ended by the sweep meanwhile: nobody waits for it.
+        }
+        let read = answer.map_err(|_| EtcdError::NoResponse).and_then(|(status, body)| parse_range(status, &body));
+        let facts = match read {
+            Ok(found) => found.and_then(|bytes| ChainFacts::decode(&bytes)),
+            Err(error) => {
+                self.count(Counter::LedgerErrors);
+                log::warn!("txgate: reading the chain facts of {txid} from the ledger failed: {error}");
+                None
+            }
+        };
+        match facts.and_then(|f| gate.answer_from_facts(&f)) {
+            Some(lookup) => {
+                self.count(Counter::LedgerFactsHits);
+                let explorer = first_explorer(&v.breakers, now_ms).unwrap_or(0);
+                self.tx_known(gate, v, (txid, explorer), lookup, now_ms, done);
+            }
+            None => self.dispatch_tx(gate, v, txid, 0, now_ms, done),
+        }
     }
 
     fn dispatch_tx(&self, gate: &Gate, v: &mut Verifier, txid: Txid, from: usize, now_ms: u64, done: &mut Finished) {
@@ -365,20 +415,34 @@ impl FilterRoot {
                 if let Some(b) = v.breakers.get_mut(explorer) {
                     b.success();
                 }
-                let block_height = lookup.block().map(|b| b.height);
-                // A block above this explorer's known tip proves that tip old: read it again.
-                let needs_tip = block_height.is_some_and(|h| {
-                    v.tips_in_flight.contains(&explorer) || gate.tip_needed(&HostStore, explorer, Some(h), now_ms)
-                });
-                if needs_tip {
-                    if let Some(l) = v.lookups.get_mut(&txid) {
-                        l.tx = Some((Ok(lookup), explorer));
-                    }
-                    self.dispatch_tip(gate, v, explorer, now_ms, done);
-                } else {
-                    done.push((txid, LookupResult { tx: Ok(lookup), tip: None, explorer }));
-                }
+                self.tx_known(gate, v, (txid, explorer), lookup, now_ms, done);
             }
+        }
+    }
+
+    /// The transaction is known (from `explorer`, or from the ledger): finish the lookup, after
+    /// reading that explorer's tip when the block is above the tip it last told.
+    fn tx_known(
+        &self,
+        gate: &Gate,
+        v: &mut Verifier,
+        (txid, explorer): (Txid, usize),
+        lookup: TxAnswer,
+        now_ms: u64,
+        done: &mut Finished,
+    ) {
+        let block_height = lookup.block().map(|b| b.height);
+        // A block above this explorer's known tip proves that tip old: read it again.
+        let needs_tip = block_height.is_some_and(|h| {
+            v.tips_in_flight.contains(&explorer) || gate.tip_needed(&HostStore, explorer, Some(h), now_ms)
+        });
+        if needs_tip {
+            if let Some(l) = v.lookups.get_mut(&txid) {
+                l.tx = Some((Ok(lookup), explorer));
+            }
+            self.dispatch_tip(gate, v, explorer, now_ms, done);
+        } else {
+            done.push((txid, LookupResult { tx: Ok(lookup), tip: None, explorer }));
         }
     }
 
@@ -533,6 +597,7 @@ impl Context for FilterRoot {
                     let parsed = answer.and_then(|(s, b)| esplora::parse_tx_outputs(s, &b, &txid));
                     self.on_tx_answer(&gate, &mut v, (txid, explorer), parsed, now_ms, &mut done);
                 }
+                Some(Call::Facts { txid }) => self.on_facts_answer(&gate, &mut v, txid, answer, now_ms, &mut done),
                 Some(Call::Tip { explorer }) => {
                     let parsed = answer.and_then(|(s, b)| esplora::parse_tip_height(s, &b));
                     self.on_tip_answer(&gate, &mut v, explorer, parsed, now_ms, &mut done);
@@ -634,7 +699,7 @@ impl RootContext for FilterRoot {
                     }
                 }
                 for txid in pending {
-                    self.dispatch_tx(&gate, &mut v, txid, 0, now_ms, &mut done);
+                    self.start_lookup(&gate, &mut v, txid, now_ms, &mut done);
                 }
             }
             if let Some(metrics) = &self.metrics {

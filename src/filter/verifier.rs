@@ -39,6 +39,10 @@ pub enum Call {
     Tip {
         explorer: usize,
     },
+    /// The ledger read of a payment's chain facts, written by the replica that verified it.
+    Facts {
+        txid: Txid,
+    },
     /// One call of a `verify: spv` lookup started at explorer `answering`.
     Spv {
         txid: Txid,

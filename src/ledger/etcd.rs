@@ -12,6 +12,9 @@
 //!   the lease every key of this payment lives on).
 //! - `use/<record>`: requests handed out so far, `<used>|<replica>|<seq>`.
 //! - `claim/<record>/<replica>`: this replica's last committed attempt, `<seq>:<k>`.
+//! - `fact/<record>`: what the chain says of the payment, as the first replica verified it,
+//!   `<paid_sats>|<block height>|<block time>`: written with the first use, on the same lease, so
+//!   that other replicas need not ask an explorer about it again (`verify: explorer` only).
 //!
 //! `<record>` is the hex of the payment's cache key (the txid, or with per-client addresses the
 //! txid and the client's derivation path).
@@ -22,6 +25,7 @@ use super::b64;
 
 pub const TXN_PATH: &str = "/v3/kv/txn";
 pub const LEASE_GRANT_PATH: &str = "/v3/lease/grant";
+pub const RANGE_PATH: &str = "/v3/kv/range";
 
 /// A payment's keys in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,7 @@ pub struct Keys {
     pub pay: String,
     pub used: String,
     pub claim: String,
+    pub fact: String,
 }
 
 impl Keys {
@@ -39,6 +44,7 @@ impl Keys {
             pay: format!("{prefix}pay/{record}"),
             used: format!("{prefix}use/{record}"),
             claim: format!("{prefix}claim/{record}/{replica}"),
+            fact: format!("{prefix}fact/{record}"),
         }
     }
 }
@@ -74,6 +80,49 @@ impl Pay {
         let mut number = || parts.next()?.parse::<u64>().ok();
         let pay = Pay { owner, first_used: number()?, block: number()?, limit: number()?, lease: number()? };
         (parts.next().is_none() && pay.block > 0).then_some(pay)
+    }
+}
+
+/// A confirmed payment as the chain showed it to the replica that verified it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainFacts {
+    pub paid_sats: u64,
+    pub height: u64,
+    pub time: u64,
+}
+
+impl ChainFacts {
+    pub fn encode(&self) -> String {
+        format!("{}|{}|{}", self.paid_sats, self.height, self.time)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<ChainFacts> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.split('|');
+        let mut number = || parts.next()?.parse::<u64>().ok();
+        let facts = ChainFacts { paid_sats: number()?, height: number()?, time: number()? };
+        parts.next().is_none().then_some(facts)
+    }
+}
+
+/// The `/v3/kv/range` body that reads one key.
+pub fn range_body(key: &str) -> String {
+    format!(r#"{{"key":"{}"}}"#, b64::encode(key.as_bytes()))
+}
+
+/// The value of the one key a range read asked for; `None` when there is none.
+pub fn parse_range(status: u16, body: &[u8]) -> Result<Option<Vec<u8>>, EtcdError> {
+    if status != 200 {
+        return Err(EtcdError::Failed(error_text(status, body)));
+    }
+    let malformed = |why: &str| EtcdError::Failed(format!("range reply {why}"));
+    let reply: Value = serde_json::from_slice(body).map_err(|_| malformed("is not JSON"))?;
+    match reply.get("kvs").and_then(Value::as_array).and_then(|kvs| kvs.first()) {
+        None => Ok(None),
+        Some(kv) => match kv.get("value").and_then(Value::as_str) {
+            None => Ok(Some(Vec::new())),
+            Some(text) => b64::decode(text).map(Some).ok_or_else(|| malformed("has a value that is not base64")),
+        },
     }
 }
 
@@ -125,6 +174,11 @@ impl Attempt {
     /// The `/v3/kv/txn` body. Written by hand: every value is base64 or digits, so nothing
     /// needs escaping, and it keeps JSON building out of the wasm.
     pub fn body(&self, keys: &Keys, replica: &str) -> String {
+        self.body_with_facts(keys, replica, None)
+    }
+
+    /// The body; a first use that creates `pay` also writes what the chain said (`fact`).
+    pub fn body_with_facts(&self, keys: &Keys, replica: &str, facts: Option<&ChainFacts>) -> String {
         let key = |k: &str| b64::encode(k.as_bytes());
         let value = |v: &str| b64::encode(v.as_bytes());
         let range = |k: &str| format!(r#"{{"request_range":{{"key":"{}"}}}}"#, key(k));
@@ -134,7 +188,7 @@ impl Attempt {
             Attempt::First { pay, seq, k } => format!(
                 concat!(
                     r#"{{"compare":[{{"target":"CREATE","key":"{pay}","create_revision":"0"}}],"#,
-                    r#""success":[{{"request_put":{{"key":"{pay}","value":"{pay_value}","lease":"{lease}"}}}},"#,
+                    r#""success":[{{"request_put":{{"key":"{pay}","value":"{pay_value}","lease":"{lease}"}}}},{fact_put}"#,
                     r#"{{"request_put":{{"key":"{used}","value":"{used_value}","lease":"{lease}"}}}},"#,
                     r#"{{"request_put":{{"key":"{claim_key}","value":"{claim}","lease":"{lease}"}}}}],"#,
                     r#""failure":[{r_pay},{r_used},{r_claim}]}}"#
@@ -149,6 +203,11 @@ impl Attempt {
                 r_claim = range(&keys.claim),
                 lease = lease,
                 claim = claim,
+                fact_put = facts.map_or(String::new(), |f| format!(
+                    r#"{{"request_put":{{"key":"{}","value":"{}","lease":"{lease}"}}}},"#,
+                    key(&keys.fact),
+                    value(&f.encode())
+                )),
             ),
             Attempt::Reserve { rev, used, seq, k, .. } => format!(
                 concat!(
@@ -315,6 +374,7 @@ mod tests {
             pay: "t/v1/regtest/pay/aa".into(),
             used: "t/v1/regtest/use/aa".into(),
             claim: "t/v1/regtest/claim/aa/r1".into(),
+            fact: "t/v1/regtest/fact/aa".into(),
         }
     }
 
@@ -328,6 +388,8 @@ mod tests {
             "reserve_won" => include_bytes!("golden/reserve_won.json"),
             "reserve_stale_claimed" => include_bytes!("golden/reserve_stale_claimed.json"),
             "reserve_missing" => include_bytes!("golden/reserve_missing.json"),
+            "range_found" => include_bytes!("golden/range_found.json"),
+            "range_missing" => include_bytes!("golden/range_missing.json"),
             "bad_request" => include_bytes!("golden/bad_request.json"),
             _ => panic!("no golden file {name}"),
         }
@@ -356,6 +418,34 @@ mod tests {
         assert_eq!(body["success"][2]["request_put"]["key"], b64::encode(b"t/v1/regtest/claim/aa/r1"));
         assert_eq!(body["success"][2]["request_put"]["value"], b64::encode(b"5:8"));
         assert_eq!(body["failure"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_first_use_carries_the_chain_facts_on_the_same_lease_and_a_range_reads_them_back() {
+        let pay = Pay { owner: [0; 16], first_used: 100, block: 8, limit: 50, lease: 7 };
+        let facts = ChainFacts { paid_sats: 1000, height: 101, time: 1_700_000_000 };
+        let attempt = Attempt::First { pay, seq: 5, k: 8 };
+        let body: Value = serde_json::from_str(&attempt.body_with_facts(&keys(), REPLICA, Some(&facts))).unwrap();
+        let success = body["success"].as_array().unwrap();
+        assert_eq!(success.len(), 4);
+        assert_eq!(success[1]["request_put"]["key"], b64::encode(b"t/v1/regtest/fact/aa"));
+        assert_eq!(success[1]["request_put"]["value"], b64::encode(b"1000|101|1700000000"));
+        assert_eq!(success[1]["request_put"]["lease"], "7");
+        assert_eq!(body["failure"].as_array().unwrap().len(), 3, "nothing more is read when pay exists");
+        // A reserve never writes facts; without facts the body is the plain first contact.
+        let reserve = Attempt::Reserve { rev: 2, used: 8, seq: 6, k: 8, lease: 7 };
+        assert_eq!(reserve.body_with_facts(&keys(), REPLICA, Some(&facts)), reserve.body(&keys(), REPLICA));
+        assert!(!attempt.body(&keys(), REPLICA).contains(&b64::encode(b"t/v1/regtest/fact/aa")));
+        // Replies captured from etcd 3.4.23 for the key written above, and for one never written.
+        let found = parse_range(200, golden("range_found")).unwrap().unwrap();
+        assert_eq!(ChainFacts::decode(&found), Some(facts));
+        assert_eq!(parse_range(200, golden("range_missing")), Ok(None));
+        assert!(parse_range(503, b"upstream connect error").is_err());
+        assert!(parse_range(200, b"{\"kvs\":[{\"value\":\"%%\"}]}").is_err());
+        assert_eq!(range_body("t/x"), format!("{{\"key\":\"{}\"}}", b64::encode(b"t/x")));
+        for bad in ["1000|101", "1000|101|1|2", "x|1|2", ""] {
+            assert_eq!(ChainFacts::decode(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]
