@@ -26,7 +26,7 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 pub fn wasm_path() -> PathBuf {
-    from_env_or("TXGATE_WASM", repo().join("target/wasm32-wasip1/release/txgate.wasm"))
+    from_env_or("TXGATE_WASM", repo().join("target/txgate.wasm"))
 }
 
 fn devnet_bin(name: &str) -> PathBuf {
