@@ -257,7 +257,9 @@ MUTANTS_FILES ?= $(filter-out src/filter/% $(MUTANTS_NOT_CORE),$(sort $(wildcard
 MUTANTS_JOBS ?= 2
 MUTANTS_TIMEOUT ?= 60
 MUTANTS_OUT ?= target/mutants
-MUTANTS_TESTS := --lib --test properties --test core_api --test security_properties
+# The test targets, given to every cargo call (the build too: with only `--` test arguments
+# each mutant's build compiled every Envoy test binary as well, 3-4 times the work).
+MUTANTS_TESTS := --lib --test=properties --test=core_api --test=security_properties
 # Extra cargo-mutants options, e.g. MUTANTS_ARGS="--list" (what would be mutated, nothing run) or
 # MUTANTS_ARGS="--re put_proven --baseline skip" (re-run the mutants of one function).
 MUTANTS_ARGS ?=
@@ -271,7 +273,7 @@ mutants: $(CARGO_MUTANTS)
 	@mkdir -p $(MUTANTS_OUT)
 	@start=$$(date +%s); \
 	$(CARGO_MUTANTS) mutants -p txgate --no-shuffle -j $(MUTANTS_JOBS) --timeout $(MUTANTS_TIMEOUT) \
-	  --output $(MUTANTS_OUT) $(foreach f,$(MUTANTS_FILES),--file $(f)) $(MUTANTS_ARGS) -- $(MUTANTS_TESTS); rc=$$?; \
+	  --output $(MUTANTS_OUT) $(foreach f,$(MUTANTS_FILES),--file $(f)) $(MUTANTS_ARGS) $(foreach a,$(MUTANTS_TESTS),--cargo-arg=$(a)); rc=$$?; \
 	case " $(MUTANTS_ARGS) " in *" --list "*) exit $$rc;; esac; \
 	out=$(MUTANTS_OUT)/mutants.out; count() { test -f $$out/$$1.txt && wc -l < $$out/$$1.txt || echo 0; }; \
 	echo "mutants ($(MUTANTS_FILES)): caught $$(count caught), missed $$(count missed)," \
