@@ -707,6 +707,43 @@ mod tests {
     }
 
     #[test]
+    fn calls_use_esploras_paths() {
+        let txid = B170_TX1_TXID;
+        assert_eq!(Fetch::Hex.path(txid), format!("/tx/{txid}/hex"));
+        assert_eq!(Fetch::Proof.path(txid), format!("/tx/{txid}/merkle-proof"));
+        assert_eq!(Fetch::Blocks(Some(812_345)).path(txid), "/blocks/812345");
+        assert_eq!(Fetch::Blocks(None).path(txid), "/blocks");
+        assert_eq!(Fetch::BlockHeight(7).path(txid), "/block-height/7");
+    }
+
+    #[test]
+    fn the_header_cache_keeps_each_header_once_and_the_newest_up_to_its_capacity() {
+        let c = chain(0x207f_ffff);
+        let mut cache = HeaderCache::new(3);
+        assert!(cache.is_empty());
+        for (height, header) in &c {
+            cache.insert(*height, *header);
+            cache.insert(*height, *header);
+        }
+        assert_eq!((cache.len(), cache.is_empty()), (3, false), "each header once, three at most");
+        let root_at = |h: u32| c.iter().find(|(height, _)| *height == h).unwrap().1.merkle_root;
+        let from = |h: u32, len: u32| cache.segment(h, &root_at(h), len);
+        assert_eq!(from(H, 3).unwrap(), c[2..].iter().map(|(_, h)| *h).collect::<Vec<_>>(), "the newest kept");
+        assert_eq!(from(H - 1, 1), None, "the oldest gave way");
+        assert_eq!(from(H + 1, 3), None, "nothing above the newest");
+        assert_eq!(cache.segment(H, &root_at(H + 1), 1), None, "the merkle root must match");
+        // A fork's header at the same height, seen first, is not part of the segment.
+        let fork = chain_on(Hash256([8; 32]), 0x207f_ffff);
+        let mut cache = HeaderCache::default();
+        cache.insert(H + 1, fork[3].1);
+        for (height, header) in &c {
+            cache.insert(*height, *header);
+        }
+        let linked: Vec<Header> = c[2..].iter().map(|(_, h)| *h).collect();
+        assert_eq!(cache.segment(H, &root_at(H), 3), Some(linked), "the segment follows the links");
+    }
+
+    #[test]
     fn mempool_and_unknown_transactions() {
         let mut w = World::new();
         let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
