@@ -275,18 +275,27 @@ bench-smoke: tools wasm devnet bench-reference .tools/wrk.stamp
 # --- mutation testing (issue 16) ---
 # Not part of `make test` (slow). See TESTING.md for the figures and the known equivalent mutants.
 #
-# make mutants: cargo-mutants over the pure core (src/*.rs, not src/filter/ nor the regression
-# module), each mutant built natively and run against the lib tests, the property tests and
-# tests/core_api.rs. Run it in parts with MUTANTS_FILES, e.g.
-#   make mutants MUTANTS_FILES="src/grant.rs src/penalty.rs"
+# make mutants: cargo-mutants over the pure core (every module under src/, its subdirectories
+# src/spv/ and src/ledger/ included; not the glue src/filter/, nor lib.rs, nor the test-only
+# modules: the regressions, the SPV test vectors, the ledger's model), each mutant built natively
+# and run against the lib tests, the property tests, tests/core_api.rs and
+# tests/security_properties.rs. Run it in parts with MUTANTS_FILES, e.g.
+#   make mutants MUTANTS_FILES="src/grant.rs src/penalty.rs" MUTANTS_JOBS=1
+#   make mutants MUTANTS_FILES="$$(echo src/spv/*.rs)"
 # Output in target/mutants/mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
 CARGO_MUTANTS_VERSION := 27.1.0
 CARGO_MUTANTS := .tools/bin/cargo-mutants
-MUTANTS_FILES ?= $(filter-out src/regressions.rs src/lib.rs,$(wildcard src/*.rs))
+MUTANTS_NOT_CORE := src/lib.rs src/regressions.rs src/spv/vectors.rs src/ledger/model.rs
+MUTANTS_FILES ?= $(filter-out src/filter/% $(MUTANTS_NOT_CORE),$(sort $(wildcard src/*.rs src/*/*.rs)))
 MUTANTS_JOBS ?= 2
 MUTANTS_TIMEOUT ?= 60
-MUTANTS_OUT := target/mutants
-MUTANTS_TESTS := --lib --test properties --test core_api --test security_properties
+MUTANTS_OUT ?= target/mutants
+# The test targets, given to every cargo call (the build too: with only `--` test arguments
+# each mutant's build compiled every Envoy test binary as well, 3-4 times the work).
+MUTANTS_TESTS := --lib --test=properties --test=core_api --test=security_properties
+# Extra cargo-mutants options, e.g. MUTANTS_ARGS="--list" (what would be mutated, nothing run) or
+# MUTANTS_ARGS="--re put_proven --baseline skip" (re-run the mutants of one function).
+MUTANTS_ARGS ?=
 
 .PHONY: mutants e2e-mutants e2e-mutants-check
 
@@ -297,7 +306,8 @@ mutants: $(CARGO_MUTANTS)
 	@mkdir -p $(MUTANTS_OUT)
 	@start=$$(date +%s); \
 	$(CARGO_MUTANTS) mutants -p txgate --no-shuffle -j $(MUTANTS_JOBS) --timeout $(MUTANTS_TIMEOUT) \
-	  --output $(MUTANTS_OUT) $(foreach f,$(MUTANTS_FILES),--file $(f)) -- $(MUTANTS_TESTS); rc=$$?; \
+	  --output $(MUTANTS_OUT) $(foreach f,$(MUTANTS_FILES),--file $(f)) $(MUTANTS_ARGS) $(foreach a,$(MUTANTS_TESTS),--cargo-arg=$(a)); rc=$$?; \
+	case " $(MUTANTS_ARGS) " in *" --list "*) exit $$rc;; esac; \
 	out=$(MUTANTS_OUT)/mutants.out; count() { test -f $$out/$$1.txt && wc -l < $$out/$$1.txt || echo 0; }; \
 	echo "mutants ($(MUTANTS_FILES)): caught $$(count caught), missed $$(count missed)," \
 	  "unviable $$(count unviable), timeout $$(count timeout), in $$(( $$(date +%s) - start ))s"; \

@@ -33,7 +33,7 @@ TREE = WORK / "tree"
 TARGET = WORK / "target"
 WASM = TARGET / "wasm32-wasip1" / "release" / "txgate.wasm"
 ENVOY_TESTS = ["payment_gate", "payment_cache", "failover", "mtls", "bad_config", "security", "per_client_address",
-               "ledger"]
+               "ledger", "spv", "guard"]
 TEST_TIMEOUT = 600
 
 # (name, file, original snippet, replacement, what it breaks). `glue` ones are the point of this
@@ -151,6 +151,27 @@ MUTANTS = [
      "(Some(_), Some(_)) => Ok::<_, crate::store::UpdateError>(Ok::<_, crate::ledger::held::Unexpected>("
      "Absorbed::Granted(0))),",
      "glue: etcd's reply is never folded into the held blocks"),
+    ("spv_proof_invalid_no_failover", "src/filter/root.rs",
+     "failover(ExplorerError::ProofInvalid(why), done, v);",
+     "done.push((txid.clone(), LookupResult { tx: Err(ExplorerError::ProofInvalid(why)), tip: None, "
+     "explorer: answering }));",
+     "glue: a proof that does not verify ends the lookup instead of asking the next explorer"),
+    ("spv_quorum_of_one", "src/filter/root.rs",
+     "quorum: spv_config.quorum,",
+     "quorum: 1,",
+     "glue: the configured quorum is not asked (one explorer's chain is believed)"),
+    ("spv_header_cache_unused", "src/filter/root.rs",
+     "headers: &mut v.headers };",
+     "headers: &mut crate::spv_lookup::HeaderCache::new(1) };",
+     "glue: verified headers are not kept for the next payment in the same block"),
+    ("guard_never_posted", "src/filter/root.rs",
+     "        let Some(guard) = &gate.config.guard else { return };\n        let body",
+     "        let Some(guard) = gate.config.guard.as_ref().filter(|_| false) else { return };\n        let body",
+     "glue: bans never reach the node guard"),
+    ("guard_no_repost", "src/filter/payment_check.rs",
+     "Some(left) if v.guard_reposts.due(source, now_ms) =>",
+     "Some(left) if false && v.guard_reposts.due(source, now_ms) =>",
+     "glue: a banned client that still reaches L7 is not posted again"),
     ("vm_panics_on_504", "src/filter/root.rs",
      "    if body_size > MAX_BODY_BYTES {",
      "    if status == 504 {\n        panic!(\"mutant\");\n    }\n    if body_size > MAX_BODY_BYTES {",

@@ -410,6 +410,7 @@ impl Tips {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use crate::store::StoreError;
 
     const NOW: u64 = 1_700_000_000_000;
 
@@ -671,6 +672,66 @@ mod tests {
         assert!(t.put(&store, &txid(22), confirmed(1000), 0, 0, NOW + 2_000).is_ok(), "the uncounted one gives way");
         assert!(t.find(&store, &counted).is_some());
         assert!(t.find(&store, &txid(21)).is_none());
+    }
+
+    /// A store where another worker writes `record` into `key` just before this worker's first
+    /// write to it, so that write's compare-and-swap fails and the update reads again.
+    struct RacingStore {
+        inner: MemoryStore,
+        key: String,
+        record: Cell<Option<PaymentRecord>>,
+    }
+
+    impl SharedStore for RacingStore {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            if let Some(theirs) = self.record.take().filter(|_| key == self.key) {
+                self.inner.set(key, &theirs.encode(), 0).unwrap();
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_counted_payment_another_worker_stored_meanwhile_is_not_overwritten() {
+        let t = PaymentTable::new("txgate/test/", "p", 1, Some(86_400));
+        let inner = MemoryStore::default();
+        t.create(&inner);
+        let mut theirs = PaymentRecord::new(txid(1), confirmed(1000), 0, NOW);
+        theirs.used = 3;
+        let store = RacingStore { inner, key: t.key(0), record: Cell::new(Some(theirs)) };
+        assert_eq!(t.put(&store, &txid(2), confirmed(1000), 0, 0, NOW), Err(PutError::Full));
+        assert!(store.record.take().is_none(), "the other worker did write first");
+        assert_eq!(t.at(&store.inner, 0, &txid(1)), Some(theirs), "their payment and its count are kept");
+        // An uncounted one in its place gives way.
+        let inner = MemoryStore::default();
+        t.create(&inner);
+        let uncounted = PaymentRecord { used: 0, ..theirs };
+        let store = RacingStore { inner, key: t.key(0), record: Cell::new(Some(uncounted)) };
+        assert_eq!(t.put(&store, &txid(2), confirmed(1000), 0, 0, NOW), Ok(0));
+        assert!(store.record.take().is_none());
+        assert!(t.at(&store.inner, 0, &txid(2)).is_some());
+    }
+
+    #[test]
+    fn an_evicted_payment_hands_nothing_to_the_one_that_replaces_it() {
+        let store = MemoryStore::default();
+        let t = table(&store, 1);
+        let slot = put(&t, &store, &txid(0), confirmed(1000)).unwrap();
+        update(&store, &t.key(slot), |b| {
+            let mut r = PaymentRecord::decode(b).unwrap();
+            (r.used, r.first_used, r.bound_to) = (5, NOW / 1000, 42);
+            (Some(r.encode()), ())
+        })
+        .unwrap();
+        // Older than the longest max_age (one day): it gives way, and what it counted goes with it.
+        let later = NOW + 86_402_000;
+        assert_eq!(t.put(&store, &txid(1), confirmed(1000), 0, 0, later), Ok(slot));
+        let new = t.at(&store, slot, &txid(1)).unwrap();
+        assert_eq!((new.used, new.first_used, new.bound_to), (0, 0, 0), "a fresh payment starts from nothing");
     }
 
     #[test]

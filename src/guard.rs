@@ -105,6 +105,28 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_takes_bans_of_up_to_a_week() {
+        let guard_of = |ban_time: &str, guard: serde_json::Value| {
+            let config = serde_json::json!({
+                "network": "regtest",
+                "pay_to": ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"],
+                "price_sats": 1000,
+                "explorers": [{"cluster": "explorer", "authority": "explorer.local", "path_prefix": "/api"}],
+                "penalty": {"ban_time": ban_time},
+                "guard": guard,
+            });
+            crate::config::Config::from_json(config.to_string().as_bytes()).map(|c| c.guard.map(|g| g.ban_ttl))
+        };
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(guard_of("1h", serde_json::json!({"cluster": "g", "ban_ttl": "168h"})), Ok(Some(week)));
+        let one_more = guard_of("1h", serde_json::json!({"cluster": "g", "ban_ttl": "604801s"}));
+        assert_eq!(one_more.map_err(|e| e.field), Err("guard.ban_ttl".to_string()));
+        // A longer L7 ban is cut to the longest the agent takes.
+        assert_eq!(guard_of("400h", serde_json::json!({"cluster": "g"})), Ok(Some(week)));
+        assert_eq!(guard_of("100h", serde_json::json!({"cluster": "g"})), Ok(Some(Duration::from_secs(100 * 3600))));
+    }
+
+    #[test]
     fn reposts_are_rate_limited_per_address_and_memory_is_bounded() {
         let mut r = Reposts::default();
         assert!(r.due("192.0.2.1", 1_000));

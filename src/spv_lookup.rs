@@ -501,10 +501,15 @@ mod tests {
     }
 
     fn chain_on(below: Hash256, bits: u32) -> Vec<(u32, Header)> {
+        chain_to(below, bits, H + 2)
+    }
+
+    /// Blocks H-2 ..= `top`, as `chain_on`.
+    fn chain_to(below: Hash256, bits: u32, top: u32) -> Vec<(u32, Header)> {
         let txid = Hash256::from_display_hex(B170_TX1_TXID).unwrap();
         let mut prev = below;
         let mut out = Vec::new();
-        for height in H - 2..=H + 2 {
+        for height in H - 2..=top {
             let root = if height == H { txid } else { dsha256(&height.to_le_bytes()) };
             let header = mine(prev, root, 1_700_000_000 + height, bits);
             prev = header.hash;
@@ -704,6 +709,122 @@ mod tests {
             w.answer(&mut l, 2, Fetch::BlockHeight(H), Ok((503, vec![]))),
             Next::Done(Outcome::QuorumUnavailable)
         );
+    }
+
+    #[test]
+    fn only_page_headers_that_link_to_the_proven_ones_are_kept() {
+        let c = chain(0x207f_ffff);
+        let fork = chain_on(Hash256([8; 32]), 0x207f_ffff);
+        let mut mixed = c.clone();
+        mixed[1] = fork[1]; // H-1 from another chain: H does not link to it
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 2).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 1, Fetch::BlockHeight(H + 1), ok(hash_at(&c, H + 1)));
+        proven(w.answer(&mut l, 0, Fetch::Blocks(Some(H + 1)), ok(page(&mixed, H + 1))));
+        assert_eq!(w.headers.len(), 2, "the two proven headers, not the page's unlinked ones below");
+    }
+
+    #[test]
+    fn votes_count_for_the_explorer_that_gave_them() {
+        let c = chain(0x207f_ffff);
+        let mut w = World { quorum: 3, others: vec![1, 2], ..World::new() };
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 1).unwrap();
+        assert_eq!(
+            round_one(&mut w, &mut l),
+            Next::Dispatch(vec![
+                req(0, Fetch::Blocks(Some(H))),
+                req(1, Fetch::BlockHeight(H)),
+                req(2, Fetch::BlockHeight(H))
+            ])
+        );
+        // Explorer 2 answers first, then 1: each answer is its own explorer's vote.
+        assert_eq!(w.answer(&mut l, 2, Fetch::BlockHeight(H), Ok((404, vec![]))), Next::Wait);
+        assert_eq!(w.answer(&mut l, 1, Fetch::BlockHeight(H), ok(hash_at(&c, H))), Next::Wait);
+        let done = w.answer(&mut l, 0, Fetch::Blocks(Some(H)), ok(page(&c, H)));
+        assert_eq!(done, Next::Done(Outcome::QuorumBehind { explorer: 2, height: H }));
+    }
+
+    #[test]
+    fn an_explorer_whose_chain_ends_below_the_proofs_block_is_refused() {
+        let c: Vec<_> = chain(0x207f_ffff).into_iter().filter(|(h, _)| *h < H).collect();
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 2).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 0, Fetch::Blocks(Some(H + 1)), Ok((404, vec![])));
+        match w.answer(&mut l, 0, Fetch::Blocks(None), ok(page(&c, H - 1))) {
+            Next::Done(Outcome::ProofInvalid(why)) => {
+                assert_eq!(why, format!("merkle proof names block {H} but the explorer's newest block is {}", H - 1))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_block_found_meanwhile_costs_no_extra_call() {
+        // /blocks/{H+1} was 404, but by the time the newest page is read, H+1 is there.
+        let c = chain(0x207f_ffff);
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 2).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 0, Fetch::Blocks(Some(H + 1)), Ok((404, vec![])));
+        assert_eq!(w.answer(&mut l, 0, Fetch::Blocks(None), ok(page(&c, H + 1))), Next::Wait, "the vote at H+1 stands");
+        assert_eq!(proven(w.answer(&mut l, 1, Fetch::BlockHeight(H + 1), ok(hash_at(&c, H + 1)))).depth, 2);
+        assert_eq!(l.calls, 5);
+    }
+
+    #[test]
+    fn a_depth_beyond_one_page_asks_the_page_below() {
+        let top = H + 11;
+        let c = chain_to(Hash256([7; 32]), 0x207f_ffff, top);
+        let mut w = World::new();
+        let mut l = SpvLookup::new(B170_TX1_TXID, 0, 12).unwrap();
+        round_one(&mut w, &mut l);
+        w.answer(&mut l, 1, Fetch::BlockHeight(top), ok(hash_at(&c, top)));
+        // Ten headers, H+2 ..= H+11: H+1 and H are missing.
+        assert_eq!(
+            w.answer(&mut l, 0, Fetch::Blocks(Some(top)), ok(page(&c, top))),
+            Next::Dispatch(vec![req(0, Fetch::Blocks(Some(H + 1)))])
+        );
+        let block = proven(w.answer(&mut l, 0, Fetch::Blocks(Some(H + 1)), ok(page(&c, H + 1))));
+        assert_eq!((block.depth, l.calls), (12, 5));
+    }
+
+    #[test]
+    fn calls_use_esploras_paths() {
+        let txid = B170_TX1_TXID;
+        assert_eq!(Fetch::Hex.path(txid), format!("/tx/{txid}/hex"));
+        assert_eq!(Fetch::Proof.path(txid), format!("/tx/{txid}/merkle-proof"));
+        assert_eq!(Fetch::Blocks(Some(812_345)).path(txid), "/blocks/812345");
+        assert_eq!(Fetch::Blocks(None).path(txid), "/blocks");
+        assert_eq!(Fetch::BlockHeight(7).path(txid), "/block-height/7");
+    }
+
+    #[test]
+    fn the_header_cache_keeps_each_header_once_and_the_newest_up_to_its_capacity() {
+        let c = chain(0x207f_ffff);
+        let mut cache = HeaderCache::new(3);
+        assert!(cache.is_empty());
+        for (height, header) in &c {
+            cache.insert(*height, *header);
+            cache.insert(*height, *header);
+        }
+        assert_eq!((cache.len(), cache.is_empty()), (3, false), "each header once, three at most");
+        let root_at = |h: u32| c.iter().find(|(height, _)| *height == h).unwrap().1.merkle_root;
+        let from = |h: u32, len: u32| cache.segment(h, &root_at(h), len);
+        assert_eq!(from(H, 3).unwrap(), c[2..].iter().map(|(_, h)| *h).collect::<Vec<_>>(), "the newest kept");
+        assert_eq!(from(H - 1, 1), None, "the oldest gave way");
+        assert_eq!(from(H + 1, 3), None, "nothing above the newest");
+        assert_eq!(cache.segment(H, &root_at(H + 1), 1), None, "the merkle root must match");
+        // A fork's header at the same height, seen first, is not part of the segment.
+        let fork = chain_on(Hash256([8; 32]), 0x207f_ffff);
+        let mut cache = HeaderCache::default();
+        cache.insert(H + 1, fork[3].1);
+        for (height, header) in &c {
+            cache.insert(*height, *header);
+        }
+        let linked: Vec<Header> = c[2..].iter().map(|(_, h)| *h).collect();
+        assert_eq!(cache.segment(H, &root_at(H), 3), Some(linked), "the segment follows the links");
     }
 
     #[test]

@@ -310,6 +310,55 @@ mod tests {
     }
 
     #[test]
+    fn script_kinds_read_and_print_as_in_the_config_and_in_wallet_descriptors() {
+        for (kind, name, descriptor) in [(ScriptKind::P2wpkh, "p2wpkh", "wpkh"), (ScriptKind::P2tr, "p2tr", "tr")] {
+            assert_eq!(ScriptKind::parse(name), Some(kind));
+            assert_eq!(kind.name(), name);
+            // BIP 382 `wpkh(KEY)`, BIP 386 `tr(KEY)`.
+            assert_eq!(kind.descriptor(), descriptor);
+        }
+        assert_eq!(ScriptKind::parse("P2TR"), None);
+        assert_eq!(ScriptKind::parse("p2pkh"), None);
+    }
+
+    #[test]
+    fn bip84_keys_are_refused_for_taproot_by_their_own_prefix() {
+        let mut raw = bs58::decode(BIP84_ZPUB).with_check(None).into_vec().unwrap();
+        raw[..4].copy_from_slice(&VPUB);
+        let vpub = bs58::encode(raw).with_check().into_string();
+        assert!(vpub.starts_with("vpub"));
+        assert!(ExtendedPublicKey::parse(&vpub, Network::Regtest, ScriptKind::P2wpkh).is_ok());
+        for (key, network, prefix) in
+            [(BIP84_ZPUB, Network::Mainnet, "zpub"), (vpub.as_str(), Network::Regtest, "vpub")]
+        {
+            assert_eq!(
+                ExtendedPublicKey::parse(key, network, ScriptKind::P2tr),
+                Err(XpubError::ScriptForVersion { prefix }),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let text = |e: XpubError| e.to_string();
+        assert_eq!(text(XpubError::Base58), "not valid base58check");
+        assert_eq!(text(XpubError::Length(77)), "decodes to 77 bytes, an extended key has 78");
+        let version = text(XpubError::Version { found: ZPUB, network: "test networks" });
+        assert!(version.starts_with("version bytes 04b24746 are not those of a public extended key for test networks"));
+        assert!(text(XpubError::ScriptForVersion { prefix: "vpub" }).starts_with("a vpub key is for p2wpkh"));
+        assert!(text(XpubError::NotAPublicKey).contains("public key"));
+        assert!(text(XpubError::NoChild).contains("no child"));
+    }
+
+    #[test]
+    fn identity_indexes_are_the_documented_hash() {
+        // SHA-256("txgate/identity\0" || "header:x-api-key" || 0x00 || "alice-key") starts with
+        // ee af ff 76 e5 45 6f 5b (Python's hashlib); each word loses its top bit.
+        assert_eq!(index_of("header:x-api-key", b"alice-key"), (0x6eaf_ff76, 0x6545_6f5b));
+    }
+
+    #[test]
     fn identity_indexes_are_stable_and_non_hardened() {
         let (hi, lo) = index_of("header:x-api-key", b"alice-key");
         assert!(hi < 0x8000_0000 && lo < 0x8000_0000);

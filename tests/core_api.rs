@@ -129,3 +129,134 @@ fn errors_explain_themselves() {
         "the unit is missing: expected a duration such as \"250ms\", \"2s\", \"5m\" or \"24h\""
     );
 }
+
+/// Every rejection, with detail values that cannot be mistaken for one another.
+fn every_rejection() -> Vec<Rejection> {
+    vec![
+        Rejection::PaymentRequired,
+        Rejection::InvalidTxid,
+        Rejection::TxNotFound,
+        Rejection::InsufficientPayment { paid_sats: 11, required_sats: 12 },
+        Rejection::InsufficientConfirmations { confirmations: 13, required: 14 },
+        Rejection::PaymentExpired { block_time: 15, max_age_secs: 16 },
+        Rejection::ExplorerUnavailable,
+        Rejection::PaymentExhausted { requests: Some(17), window_secs: Some(18) },
+        Rejection::BoundToOtherClient,
+        Rejection::ClientBanned { retry_after_secs: 19 },
+        Rejection::VerificationBusy,
+        Rejection::Internal,
+        Rejection::InvalidPath,
+        Rejection::TxTooLarge,
+        Rejection::IdentityRequired { identity: "header x-api-key".to_string() },
+        Rejection::LedgerFull,
+        Rejection::ForwardedForUntrusted,
+        Rejection::ProofInvalid,
+        Rejection::ExplorerDisagreement,
+        Rejection::PaymentReorged,
+        Rejection::LedgerUnavailable,
+    ]
+}
+
+/// The README's "Error codes" table: (status, extra fields, Retry-After) by `error` code. The
+/// extra fields are the backquoted names outside parentheses; a `Retry-After` without a number
+/// is the `retry_after_secs` of the body.
+fn readme_error_codes() -> HashMap<String, (u32, Vec<String>, Option<String>)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme.split("### Error codes").nth(1).unwrap();
+    let backquoted = |text: &str| -> Vec<String> { text.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+    let mut rows = HashMap::new();
+    for line in table.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (status, code, extra) = (cells[1].parse().unwrap(), backquoted(cells[2]).remove(0), cells[3]);
+        let mut outside = String::new();
+        let mut depth = 0;
+        for c in extra.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ if depth == 0 => outside.push(c),
+                _ => {}
+            }
+        }
+        let retry_after = extra.contains("Retry-After").then(|| {
+            let digits: String =
+                extra.split("Retry-After").nth(1).unwrap().chars().filter(char::is_ascii_digit).collect();
+            digits
+        });
+        rows.insert(code, (status, backquoted(&outside), retry_after));
+    }
+    rows
+}
+
+#[test]
+fn every_rejection_answers_as_the_readme_table_says() {
+    let config = Config::from_json(
+        json!({"network": "regtest", "pay_to": [PAY_TO], "price_sats": 1000, "explorers": [{"cluster": "e", "authority": "e"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let table = readme_error_codes();
+    let rejections = every_rejection();
+    assert_eq!(table.len(), rejections.len(), "one README row per rejection");
+    let mut messages = Vec::new();
+    for r in &rejections {
+        let code = r.code();
+        let (status, fields, retry_after) = table.get(code).unwrap_or_else(|| panic!("{code} is not in the README"));
+        assert_eq!(r.status(), *status, "{code}");
+        let body: Value = serde_json::from_str(&r.body(&config, Some(&config.default_policy), None)).unwrap();
+        assert_eq!(body["error"], code);
+        let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected: Vec<&str> = fields.iter().map(String::as_str).chain(["error", "message"]).collect();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{code}: the body's fields");
+        let message = body["message"].as_str().unwrap().to_string();
+        assert!(message.len() > 20, "{code}: {message:?}");
+        messages.push(message);
+        let headers = r.headers();
+        assert!(headers.contains(&("cache-control", "no-store".to_string())), "{code}: never cached");
+        let retry: Vec<&String> = headers.iter().filter(|(name, _)| *name == "retry-after").map(|(_, v)| v).collect();
+        match (retry_after.as_deref(), r) {
+            (None, _) => assert!(retry.is_empty(), "{code}: {retry:?}"),
+            (Some(""), Rejection::ClientBanned { retry_after_secs }) => {
+                assert_eq!(retry, [&retry_after_secs.to_string()]);
+                assert_eq!(body["retry_after_secs"], *retry_after_secs);
+            }
+            (Some(secs), _) => assert_eq!(retry, [secs], "{code}"),
+        }
+    }
+    messages.sort();
+    messages.dedup();
+    assert_eq!(messages.len(), rejections.len(), "each rejection says what is wrong in its own words");
+}
+
+#[test]
+fn rejection_details_carry_their_values() {
+    let config = Config::from_json(
+        json!({"network": "regtest", "pay_to": [PAY_TO], "price_sats": 1000, "explorers": [{"cluster": "e", "authority": "e"}],
+               "header": "x-paid-with"})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let body =
+        |r: Rejection| -> Value { serde_json::from_str(&r.body(&config, Some(&config.default_policy), None)).unwrap() };
+    assert_eq!(body(Rejection::InvalidTxid)["header"], "x-paid-with");
+    assert!(body(Rejection::PaymentRequired)["message"].as_str().unwrap().contains("x-paid-with"));
+    assert_eq!(
+        body(Rejection::PaymentExhausted { requests: Some(17), window_secs: None })["grant"],
+        json!({"requests": 17, "window_secs": null})
+    );
+    assert_eq!(
+        body(Rejection::IdentityRequired { identity: "an mTLS client certificate".into() })["identity"],
+        "an mTLS client certificate"
+    );
+    let internal: Value = serde_json::from_str(&Rejection::Internal.body_without_config()).unwrap();
+    assert_eq!(internal["error"], "internal_error");
+    assert_eq!(
+        internal["message"],
+        body(Rejection::Internal)["message"],
+        "without a configuration the same words as with one"
+    );
+}

@@ -137,6 +137,37 @@ mod tests {
     }
 
     #[test]
+    fn a_branch_of_fifteen_levels_is_read_and_folded() {
+        let siblings: Vec<String> =
+            (0..MAX_BRANCH_LEN as u8).map(|i| format!("\"{}\"", dsha256(&[i]).to_display_hex())).collect();
+        let body = format!(r#"{{"block_height":1,"merkle":[{}],"pos":32767}}"#, siblings.join(","));
+        let proof = MerkleProof::from_json(body.as_bytes()).unwrap();
+        assert_eq!(proof.branch.len(), 15);
+        let leaf = dsha256(b"leaf");
+        let root = proof.root_for(&leaf).unwrap();
+        // By hand: pos 32767 puts the running hash on the right at every level.
+        let by_hand = proof.branch.iter().fold(leaf, |hash, sibling| {
+            let mut node = sibling.0.to_vec();
+            node.extend_from_slice(&hash.0);
+            dsha256(&node)
+        });
+        assert_eq!(root, by_hand);
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong_with_the_proof() {
+        let text = |e: MerkleError| e.to_string();
+        assert!(text(MerkleError::Json("eof".into())).ends_with(": eof"));
+        assert_eq!(text(MerkleError::BadEntry(4)), "merkle branch entry 4 is not 64 hex digits");
+        assert_eq!(text(MerkleError::TooLong(16)), "merkle branch has 16 entries, more than 15");
+        assert!(text(MerkleError::LeftSiblingDuplicate { level: 2 }).ends_with("at level 2"));
+        assert!(
+            text(MerkleError::InnerNodeIsTransaction { level: 1 }).contains("level 1 parses as a 64-byte transaction")
+        );
+        assert!(text(MerkleError::PosTooLarge).contains("position"));
+    }
+
+    #[test]
     fn mempool_documented_proof_folds_to_its_header() {
         let proof = MerkleProof::from_json(MEMPOOL_DOCS_MERKLE_PROOF_363348.as_bytes()).unwrap();
         assert_eq!(proof.block_height, 363_348);

@@ -187,6 +187,31 @@ mod tests {
     }
 
     #[test]
+    fn refusals_say_what_did_not_verify() {
+        let text = |e: ProofError| e.to_string();
+        assert!(text(ProofError::Tx(crate::spv::TxError::Truncated)).starts_with("raw transaction: "));
+        let computed = Hash256([0xab; 32]);
+        assert_eq!(
+            text(ProofError::TxidMismatch { computed }),
+            format!("raw transaction hashes to {computed}, not the asked txid")
+        );
+        assert!(text(ProofError::SixtyFourByteTx).contains("64 bytes"));
+        assert!(text(ProofError::AmountOverflow).contains("overflow"));
+        assert_eq!(
+            text(ProofError::Merkle(MerkleError::PosTooLarge)),
+            "merkle proof: merkle proof position is beyond its branch"
+        );
+        assert!(text(ProofError::NoHeaders).contains("no block header"));
+        assert!(text(ProofError::MerkleRootMismatch).contains("merkle root"));
+        assert_eq!(
+            text(ProofError::Chain(ChainError::BrokenLink { index: 3 })),
+            "header chain: header 3 does not link to the one below it by prev-hash"
+        );
+        assert_eq!(text(ProofError::TooShallow { depth: 2, required: 6 }), "2 linked headers where 6 are required");
+        assert!(text(ProofError::HeightOverflow).contains("overflows"));
+    }
+
+    #[test]
     fn honest_mainnet_payment_verifies() {
         let c = case_169482();
         let v = run(&c, 1).unwrap();
