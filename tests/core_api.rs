@@ -154,6 +154,7 @@ fn every_rejection() -> Vec<Rejection> {
         Rejection::ExplorerDisagreement,
         Rejection::PaymentReorged,
         Rejection::LedgerUnavailable,
+        Rejection::StatusLimited { retry_after_secs: 60 },
     ]
 }
 
@@ -219,7 +220,10 @@ fn every_rejection_answers_as_the_readme_table_says() {
         let retry: Vec<&String> = headers.iter().filter(|(name, _)| *name == "retry-after").map(|(_, v)| v).collect();
         match (retry_after.as_deref(), r) {
             (None, _) => assert!(retry.is_empty(), "{code}: {retry:?}"),
-            (Some(""), Rejection::ClientBanned { retry_after_secs }) => {
+            (
+                Some(""),
+                Rejection::ClientBanned { retry_after_secs } | Rejection::StatusLimited { retry_after_secs },
+            ) => {
                 assert_eq!(retry, [&retry_after_secs.to_string()]);
                 assert_eq!(body["retry_after_secs"], *retry_after_secs);
             }
