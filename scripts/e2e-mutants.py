@@ -33,7 +33,7 @@ TREE = WORK / "tree"
 TARGET = WORK / "target"
 WASM = TARGET / "wasm32-wasip1" / "release" / "txgate.wasm"
 ENVOY_TESTS = ["payment_gate", "payment_cache", "failover", "mtls", "bad_config", "security", "per_client_address",
-               "ledger", "spv", "guard"]
+               "ledger", "spv", "guard", "payer", "paywall_browser"]
 TEST_TIMEOUT = 600
 
 # (name, file, original snippet, replacement, what it breaks). `glue` ones are the point of this
@@ -54,8 +54,8 @@ MUTANTS = [
      "glue: a cache hit keeps the client's x-txgate-* headers"),
     ("forged_kept_on_lookup", "src/filter/payment_check.rs",
      "        // The request will go on later, from the root context: drop forged headers now.\n"
-     "        if forged && !self.remove_own(MapType::HttpRequestHeaders, &headers) {",
-     "        if false && !self.remove_own(MapType::HttpRequestHeaders, &headers) {",
+     "        if forged && !self.remove_own(MapType::HttpRequestHeaders, headers) {",
+     "        if false && !self.remove_own(MapType::HttpRequestHeaders, headers) {",
      "glue: a request that waits for the explorer keeps forged x-txgate-* headers"),
     ("cached_receipt_zeroed", "src/filter/host.rs",
      "Verdict::Allow { txid, receipt, discount, address_path, ledger_fallback, .. } => {",
@@ -72,12 +72,10 @@ MUTANTS = [
      "glue: an explorer's 5xx answer counts as a confirmed 1 000 000-sat payment"),
     ("explorer_failure_forwarded", "src/filter/host.rs",
      "        Verdict::Reject { rejection, policy } => {\n"
-     "            send_rejection(context_id, gate, metrics, rejection, policy.as_ref(), payee)",
-     "        Verdict::Reject { rejection: Rejection::ExplorerUnavailable, .. } => {\n"
-     "            let _ = hostcalls::resume_http_request();\n"
-     "        }\n"
+     "            let reply = ReplyFacts::from_host();",
+     "        Verdict::Reject { rejection: Rejection::ExplorerUnavailable, .. } => Sent::GoesOn,\n"
      "        Verdict::Reject { rejection, policy } => {\n"
-     "            send_rejection(context_id, gate, metrics, rejection, policy.as_ref(), payee)",
+     "            let reply = ReplyFacts::from_host();",
      "glue: failure_mode ignored, a failed lookup is let through (uncounted) in closed mode"),
     ("no_failover", "src/filter/root.rs",
      "if next < gate.config.explorers.len() && Self::within_deadline(gate, v, &txid, now_ms) {",
@@ -181,6 +179,38 @@ MUTANTS = [
      "log::error!(\"txgate: configuration refused: {err}\");\n                return true;",
      "glue: on_configure accepts a refused configuration"),
     # The audit's core mutants, for the Envoy side of their findings.
+    ("payer_status_forwarded", "src/filter/payment_check.rs",
+     "if reading && canonical == payer::STATUS_PATH {",
+     "if false && canonical == payer::STATUS_PATH {",
+     "glue (payers): the status endpoint is forwarded to the API like any paid path"),
+    ("payer_shadow_keeps_forged", "src/filter/payment_check.rs",
+     "if forged && gate.config.shadow && !self.remove_own(MapType::HttpRequestHeaders, headers) {",
+     "if false && gate.config.shadow && !self.remove_own(MapType::HttpRequestHeaders, headers) {",
+     "glue (payers): shadow mode lets a refused request through with the client's own x-txgate-* headers"),
+    ("payer_redirect_to_raw_path", "src/filter/payment_check.rs",
+     "let location = payer::redirect_target(&canonical, raw_path, payer::TXID_COOKIE);",
+     "let location = String::from_utf8_lossy(&payer::without_param(raw_path, payer::TXID_COOKIE)).into_owned();",
+     "glue (payers): the paywall's cookie redirect follows the raw path (//host/... is another site)"),
+    ("payer_no_receipt_when_paused", "src/filter/host.rs",
+     "            keep_receipt(context_id, verdict);\n",
+     "",
+     "glue (payers): a request paid through PAYMENT-SIGNATURE after a lookup gets no PAYMENT-RESPONSE"),
+    ("payer_no_receipt_on_cache_hit", "src/filter/payment_check.rs",
+     "        if self.x402 {\n            host::keep_receipt(self.id, verdict);",
+     "        if false {\n            host::keep_receipt(self.id, verdict);",
+     "glue (payers): a cache hit paid through PAYMENT-SIGNATURE gets no PAYMENT-RESPONSE"),
+    ("payer_browsers_get_json", "src/filter/host.rs",
+     "                (Some(p), true) => {",
+     "                (Some(p), true) if false => {",
+     "glue (payers): a browser gets the JSON 402 instead of the paywall"),
+    ("ledger_facts_ignored", "src/filter/root.rs",
+     "match facts.and_then(|f| gate.answer_from_facts(&f)) {",
+     "match facts.and_then(|f| gate.answer_from_facts(&f)).filter(|_| false) {",
+     "glue (ledger): another replica's verification is not used: the explorer is asked again"),
+    ("ledger_facts_not_written", "src/filter/ledger.rs",
+     "etcd::Attempt::First { .. } => gate.chain_facts(&HostStore, op.slot, &record),",
+     "etcd::Attempt::First { .. } => None,",
+     "glue (ledger): the first use does not tell the other replicas what the chain said"),
     ("audit_open_mode_lets_unpaid_through", "src/gate.rs",
      "[] => return reject(Rejection::PaymentRequired, policy),",
      "[] if config.failure_mode == FailureMode::Open => return (Verdict::AllowUnverified, Effects::default()),\n"

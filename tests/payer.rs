@@ -111,6 +111,13 @@ fn a_txid_in_an_x402_payment_signature_pays_and_gets_a_payment_response() {
     let response = unb64(reply.header("payment-response").expect("PAYMENT-RESPONSE"));
     assert_eq!((response["success"].as_bool(), response["transaction"].as_str()), (Some(true), Some(txid.as_str())));
     assert_eq!(response["amount"], "1000");
+    // Again, now from the cache: the same answer.
+    let again = stack.get("/api/data", &[("payment-signature", &signature(&txid))]);
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        unb64(again.header("payment-response").expect("PAYMENT-RESPONSE on a cache hit"))["transaction"],
+        txid.as_str()
+    );
     // The txid header wins over a signature; a signature that is no x402 payload is a bad txid.
     let other = stack.paid_and_mined(1000);
     let both = stack.get("/api/data", &[("x-bitcoin-txid", &other), ("payment-signature", &signature(&txid))]);
@@ -124,8 +131,8 @@ fn a_txid_in_an_x402_payment_signature_pays_and_gets_a_payment_response() {
     let short = stack.paid_and_mined(10);
     let refused = stack.get("/api/data", &[("payment-signature", &signature(&short))]);
     assert_eq!(refused.json()["error"], "insufficient_payment");
-    assert_eq!(stack.backend_seen().len(), 2);
-    assert_eq!(stack.stat("txgate_x402_signatures"), 5, "not counted when the txid header came too");
+    assert_eq!(stack.backend_seen().len(), 3);
+    assert_eq!(stack.stat("txgate_x402_signatures"), 6, "not counted when the txid header came too");
 }
 
 #[test]
@@ -252,11 +259,12 @@ fn shadow_mode_lets_every_request_through_marked_with_the_code_it_would_have_got
     let txid = stack.paid_and_mined(1000);
     let short = stack.paid_and_mined(10);
     type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (&[], Some("payment_required")),
+        // A client cannot mark itself: its own x-txgate-shadow is dropped, refused or not.
+        (&[("x-txgate-shadow", "none")], Some("payment_required")),
         (&[("x-bitcoin-txid", "nope")], Some("invalid_txid")),
         (&[("x-bitcoin-txid", &short)], Some("insufficient_payment")),
-        // A client cannot mark itself: its own x-txgate-shadow is dropped.
         (&[("x-bitcoin-txid", &txid), ("x-txgate-shadow", "none")], None),
     ];
     for (headers, _) in &cases {
@@ -266,7 +274,7 @@ fn shadow_mode_lets_every_request_through_marked_with_the_code_it_would_have_got
     let marks: Vec<Value> = stack.backend_seen().iter().map(|r| r["headers"]["x-txgate-shadow"].clone()).collect();
     let expected: Vec<Value> = cases.iter().map(|(_, code)| code.map_or(Value::Null, |c| json!(c))).collect();
     assert_eq!(marks, expected);
-    assert_eq!(stack.stat("txgate_requests_shadowed"), 3);
+    assert_eq!(stack.stat("txgate_requests_shadowed"), 4);
     assert_eq!(stack.stat("txgate_rejected_insufficient_payment"), 1, "decided and counted as in enforce mode");
     // The filter's own endpoints are answered as always: there is nothing behind them to shadow.
     let status = stack.get(&format!("/.well-known/txgate/status?txid={txid}"), &[]);
