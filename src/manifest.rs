@@ -120,6 +120,25 @@ mod tests {
     }
 
     #[test]
+    fn with_per_client_addresses_the_manifest_says_how_to_get_yours_and_lists_none() {
+        // BIP32 test vector 1's m/0' xpub, with testnet version bytes.
+        let xpub = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ";
+        let mut raw = bs58::decode(xpub).with_check(None).into_vec().unwrap();
+        raw[..4].copy_from_slice(&[0x04, 0x35, 0x87, 0xcf]);
+        let tpub = bs58::encode(raw).with_check().into_string();
+        let text = render(&config(json!({
+            "pay_to": {"xpub": tpub, "script": "p2tr"}, "bind_to": "header:x-api-key", "max_age": "1h"
+        })))
+        .unwrap();
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert!(m.get("pay_to").is_none(), "no shared address to publish: {m}");
+        assert_eq!(m["pay_to_per_client"]["identity"], "header:x-api-key");
+        assert_eq!(m["pay_to_per_client"]["script"], "p2tr");
+        assert_eq!(m["bind_to"], "header:x-api-key");
+        assert!(!text.contains(&tpub), "the key itself is not published");
+    }
+
+    #[test]
     fn a_disabled_manifest_is_not_rendered() {
         assert!(render(&config(json!({"manifest": {"enabled": false}}))).is_none());
         let m: Value = serde_json::from_str(&render(&config(json!({"txid_cookie": false}))).unwrap()).unwrap();

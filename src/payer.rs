@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(accepts[0]["amount"], "1500");
         assert_eq!(accepts[0]["network"], "bip122:0f9188f13cb7b2c71f2a335e3a4fc328");
         assert_eq!(accepts[0]["scheme"], "exact");
-        assert!(accepts[0]["maxTimeoutSeconds"].as_u64().unwrap() > 0, "x402 needs a positive timeout");
+        assert_eq!(accepts[0]["maxTimeoutSeconds"], 315_360_000, "x402 needs a positive timeout: ten years");
         assert_eq!(accepts[0]["extra"]["paymentFlow"], "upfront");
         assert_eq!(accepts[0]["extra"]["minConfirmations"], 2);
         assert_eq!(accepts[0]["extra"]["bip21"], "bitcoin:bcrt1qa?amount=0.000015");
