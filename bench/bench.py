@@ -483,6 +483,7 @@ def main():
     ap.add_argument("--only", help="comma-separated scenario names")
     ap.add_argument("--out", help="results directory (default bench/results, smoke: target/bench/smoke)")
     ap.add_argument("--profile-reps", type=int, default=3, help="repetitions of the host-call profile (0: skip)")
+    ap.add_argument("--profile-only", action="store_true", help="only the host-call profile (printed)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite BENCHMARKS.md and the plot from bench/results/results.json")
@@ -527,8 +528,9 @@ def main():
     failures = []
     try:
         cold_per_run = args.cold_requests + args.connections
-        cold_scenarios = sum(1 for s in scenarios if s["name"] in COLD)
-        need = cold_per_run * (args.reps + (1 if args.warmup else 0)) * max(1, cold_scenarios)
+        # Every cold run has a txgate Envoy of its own, started for it (an empty cache): they all use the
+        # same txids (paying on the debug devnet is slow: it rescans its chain for every payment).
+        need = 0 if args.profile_only else cold_per_run
         explorer, explorer_port, warm_txid, cold_txids = ensure_txids(procs, work, need, cpu_load)
         explorer_url = f"http://127.0.0.1:{explorer_port}"
         rnd = random.Random(6)
@@ -536,6 +538,9 @@ def main():
         cfgs = configs(plugin, args.spv_config)
 
         upstream = Envoy(procs, work, "upstream", envoy_yaml("upstream", 0, 0, None), cpu_load)
+        if args.profile_only:
+            run_profile(procs, work, upstream, explorer_port, plugin, warm_txid, args, cpu_envoy, cpu_load)
+            return 0
         envoys = {"envoy": Envoy(procs, work, "envoy", envoy_yaml("envoy", upstream.port, explorer_port, plugin),
                                  cpu_envoy),
                   "reference": Envoy(procs, work, "reference",
@@ -610,17 +615,15 @@ def main():
             results["explorer_latency"] = ex
             log(f"explorer alone: {json.dumps(ex)}")
 
-        cold_cursor = 0
         client_run = 0
+        fresh = {"n": 0}
 
         def values_for(s, variant):
-            nonlocal cold_cursor, client_run
+            nonlocal client_run
             if s.get("values") == "cold":
                 if variant != "txgate":  # no explorer call: any valid txids do
                     return cold_txids[:cold_per_run]
-                vals = cold_txids[cold_cursor:cold_cursor + cold_per_run]
-                cold_cursor += cold_per_run
-                return vals
+                return cold_txids[:cold_per_run]
             if s.get("values") == "clients":  # never seen before by any Envoy of this run
                 client_run += 1
                 return [f"bench-{client_run}-{i}" for i in range(200_000 if not args.smoke else 400)]
@@ -628,9 +631,21 @@ def main():
                 return bogus
             return None
 
+        def fresh_txgate(s):
+            """A txgate Envoy that has never seen a txid, tiered up on the warm and unpaid paths."""
+            fresh["n"] += 1
+            e = Envoy(procs, work, f"txgate-cold-{fresh['n']}",
+                      envoy_yaml("txgate", upstream.port, explorer_port, cfgs[s.get("txgate", "main")]), cpu_envoy)
+            for value in (warm_txid, None):
+                wrk(f"http://127.0.0.1:{e.port}/api/data", args.connections, 1, cpu_load, work, value=value,
+                    limit=smoke_limit if args.smoke else 0)
+            return e
+
         def one_run(s, variant, e, expect, measured):
             value = warm_txid if s.get("value") == "warm" else s.get("value")
             cold = s["name"] in COLD
+            if cold and variant == "txgate":
+                e = fresh_txgate(s)
             limit = args.cold_requests if cold else (smoke_limit if args.smoke else 0)
             duration = args.duration if measured else args.warmup
             if args.smoke or cold:
@@ -653,6 +668,9 @@ def main():
             if e.proc.poll() is not None:
                 failures.append(f"{s['name']}/{variant}: Envoy exited")
                 raise SystemExit(f"Envoy {variant} died:\n{e.log_text()[-3000:]}")
+            if cold and variant == "txgate":
+                e.proc.terminate()
+                e.proc.wait()
             return r
 
         for s in scenarios:
@@ -661,7 +679,7 @@ def main():
             http("POST", f"{explorer_url}/control/stats/reset", {})
             t_scenario = time.time()
             tg = txgate_for(s)
-            if args.warmup:
+            if args.warmup and s["name"] not in COLD:
                 one_run(s, "txgate", tg, s["expect"], measured=False)
             twin, twin_status = twin_for(s, tg)
             under_test = {"envoy": (envoys["envoy"], {200}), "reference": (twin, {twin_status}),
@@ -760,34 +778,68 @@ def main():
 PROFILE_OPS = ["", "all_headers", "all_headers,property", "all_headers,property,shared_get,time",
                "all_headers,property,shared_get,time,metric2",
                "all_headers,property,shared_get,time,metric2,add_headers"]
+PROFILE_OPS_402 = ["", "all_headers", "all_headers,property", "all_headers,property,shared_get,time",
+                   "all_headers,property,shared_get,time,metric"]
+
+
+def reply_spec(ops, answer):
+    status, hdrs, body = answer
+    return ";".join([ops, f"reply {status}"] + [f"header {k.encode().hex()} {v.encode().hex()}" for k, v in hdrs]
+                    + [f"body {body.hex()}"])
+
+
+def capture_answer(port, path, headers):
+    """An Envoy's answer to one GET: status, the headers a twin repeats, body."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    skip = {"date", "server", "content-length", "connection", "transfer-encoding", "x-envoy-upstream-service-time"}
+    return r.status, [(k.lower(), v) for k, v in r.getheaders() if k.lower() not in skip], body
 
 
 def run_profile(procs, work, upstream, explorer_port, plugin, warm_txid, args, cpu_envoy, cpu_load):
-    """Cost model of txgate's paid-warm and free paths: the reference filter plus, one kind at a time,
-    the host calls txgate makes, next to txgate itself (paid warm and free route), interleaved."""
+    """Cost model of txgate's paid-warm, unpaid-402 and free paths: the reference filter (passing on,
+    or answering txgate's 402) plus, one kind at a time, the host calls txgate makes, next to txgate
+    itself, interleaved; Envoy CPU per request of each."""
     log("profile: reference filter + txgate's host calls, one kind at a time")
-    envoys = {ops or "reference": Envoy(procs, work, f"profile{i}", envoy_yaml("reference", upstream.port,
-                                                                             explorer_port, plugin, ops), cpu_envoy)
-              for i, ops in enumerate(PROFILE_OPS)}
-    envoys["txgate"] = Envoy(procs, work, "profile-txgate", envoy_yaml("txgate", upstream.port, explorer_port,
-                                                                       plugin), cpu_envoy)
-    cases = [(name, "/api/data") for name in envoys] + [("txgate free route", "/free/data")]
+    tg = Envoy(procs, work, "profile-txgate", envoy_yaml("txgate", upstream.port, explorer_port, plugin), cpu_envoy)
+    answer = capture_answer(tg.port, "/api/data", {})
+    cases = []  # (label, envoy, path, txid header value)
+    for i, ops in enumerate(PROFILE_OPS):
+        e = Envoy(procs, work, f"profile{i}", envoy_yaml("reference", upstream.port, explorer_port, plugin, ops),
+                  cpu_envoy)
+        cases.append((f"paid: reference{' + ' + ops if ops else ''}", e, "/api/data", warm_txid))
+    cases.append(("paid: txgate (warm)", tg, "/api/data", warm_txid))
+    cases.append(("free: txgate", tg, "/free/data", warm_txid))
+    for i, ops in enumerate(PROFILE_OPS_402):
+        e = Envoy(procs, work, f"profile402-{i}", envoy_yaml("reference", upstream.port, explorer_port, plugin,
+                                                             reply_spec(ops, answer)), cpu_envoy)
+        cases.append((f"402: reference{' + ' + ops if ops else ''}", e, "/api/data", None))
+    cases.append(("402: txgate", tg, "/api/data", None))
     runs = {c[0]: [] for c in cases}
     for rep in range(args.profile_reps + 1):
-        for name, path in cases[rep % len(cases):] + cases[:rep % len(cases)]:
-            e = envoys["txgate" if name.startswith("txgate") else name]
+        for label, e, path, value in cases[rep % len(cases):] + cases[:rep % len(cases)]:
             r = wrk(f"http://127.0.0.1:{e.port}{path}", args.connections, 1 if rep == 0 else args.duration,
-                    cpu_load, work, value=warm_txid)
+                    cpu_load, work, value=value, pid=e.proc.pid)
             if rep:  # rep 0 is the warm-up
-                runs[name].append(r)
-    base = statistics.median(r["rps"] for r in runs["reference"])
+                runs[label].append(r)
     out = []
-    for name, _ in cases:
-        rps = statistics.median(r["rps"] for r in runs[name])
-        out.append({"variant": name, "rps": rps, "vs_reference": rps / base,
+    for label, *_ in cases:
+        group = label.split(":")[0]
+        base_label = "402: reference" if group == "402" else "paid: reference"
+        base = statistics.median(r["rps"] for r in runs[base_label])
+        base_cpu = statistics.median(r["cpu_us"] for r in runs[base_label])
+        rps = statistics.median(r["rps"] for r in runs[label])
+        cpu = statistics.median(r["cpu_us"] for r in runs[label])
+        out.append({"variant": label, "rps": rps, "vs_reference": rps / base,
                     "us_per_request_over_reference": (1e6 / rps - 1e6 / base),
-                    "p99_us": statistics.median(r["p99_us"] for r in runs[name])})
-        log(f"  {name:50} {rps:8.0f} rps  {rps / base:.2f}x  {1e6 / rps - 1e6 / base:+.1f} us/request")
+                    "cpu_us": cpu, "cpu_us_over_reference": round(cpu - base_cpu, 1),
+                    "p99_us": statistics.median(r["p99_us"] for r in runs[label])})
+        log(f"  {label:70} {rps:8.0f} rps  {rps / base:.3f}x  {1e6 / rps - 1e6 / base:+.1f} us/request  "
+            f"cpu {cpu:.1f} us ({cpu - base_cpu:+.1f})")
     return out
 
 
@@ -970,13 +1022,20 @@ def markdown(results, svg_rel):
     if prof:
         L += ["", "## Where the time goes (host-call profile)", "",
               "The reference filter again, each row adding the kinds of host calls txgate makes on a request "
-              "(`bench/reference-filter` reads them from its plugin config), next to txgate itself; same "
-              "request as \"paid, warm\", CPU time per request of the one Envoy worker. "
-              "`us/request over reference` = 1/rps - 1/rps(reference).", "",
-              "| filter | req/s | vs reference | µs/request over reference | p99 µs |", "|---|---:|---:|---:|---:|"]
+              "(`bench/reference-filter` reads them from its plugin config), next to txgate itself, in two "
+              "groups: *paid* (the reference passes the request on; same request as \"paid, warm\") and *402* "
+              "(the reference answers txgate's own 402, byte for byte; no txid header). Ops: `all_headers` the "
+              "whole request header map, `property` `source.address`, `shared_get` one shared-data read, `time` "
+              "the clock, `metric`/`metric2` one/two counter increments, `add_headers` three request headers. "
+              "`µs/request over reference` = 1/rps - 1/rps(reference); Envoy CPU is measured (user + system) "
+              "per request; what txgate spends beyond the last reference row of its group is its own Wasm "
+              "code (parsing, deciding, rendering).", "",
+              "| filter | req/s | vs reference | µs/request over reference (1/rps) | Envoy CPU µs/request "
+              "(over reference) | p99 µs |", "|---|---:|---:|---:|---:|---:|"]
         for p in prof:
-            L.append(f"| {p['variant']} | {fmt_rps(p['rps'])} | {p['vs_reference']:.2f} "
-                     f"| {p['us_per_request_over_reference']:+.1f} | {p['p99_us']} |")
+            L.append(f"| {p['variant']} | {fmt_rps(p['rps'])} | {p['vs_reference']:.3f} "
+                     f"| {p['us_per_request_over_reference']:+.1f} | {p.get('cpu_us')} "
+                     f"({p.get('cpu_us_over_reference', 0):+}) | {p['p99_us']} |")
     analysis = BENCH / "analysis.md"
     if analysis.exists():
         L += ["", "## Analysis", "", analysis.read_text().strip()]
@@ -1006,7 +1065,8 @@ def markdown(results, svg_rel):
           f"- Load: `wrk -t1 -c{st['connections']}` (HTTP/1.1 keep-alive) with [`bench/wrk.lua`](bench/wrk.lua); "
           f"{st['warmup']}s warm-up per scenario and variant (excluded), then {st['reps']} measured runs of "
           f"{st['duration']}s per variant; the cold scenario instead runs {st['cold_requests']} requests per run, "
-          "each with a txid never asked before in that Envoy (paid and mined on the devnet beforehand).",
+          "each with a txid that Envoy never saw (paid and mined on the devnet beforehand): each cold run has a "
+          "txgate Envoy started for it, warmed up for 1 s on the warm-paid and unpaid paths first.",
           f"- Flood: {BOGUS_DISTINCT} distinct well-formed txids that are not on the chain, cycled from one client "
           "(127.0.0.1); malformed: `x-bitcoin-txid: not-a-txid`. Floods run last since the penalty box "
           "bans the client.",
