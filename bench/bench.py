@@ -473,7 +473,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few hundred requests per scenario; checks statuses")
     ap.add_argument("--reps", type=int, default=5, help="measured repetitions per scenario and variant")
-    ap.add_argument("--duration", type=int, default=3, help="seconds per measured run")
+    ap.add_argument("--duration", type=int, default=2, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per scenario and variant")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (one wrk thread)")
     ap.add_argument("--cold-requests", type=int, default=300, help="requests per cold run (each a new txid)")
