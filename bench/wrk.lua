@@ -4,12 +4,21 @@
 --   BENCH_VALUES  a file of values, one per line, cycled request by request (e.g. fresh txids)
 --   BENCH_PATH_PREFIX  with BENCH_VALUES: send the values as paths (prefix .. value) instead of a header
 --   BENCH_LIMIT   stop after this many responses (fixed request count), 0 = run for -d
+--   BENCH_EXTRA   more request headers, "name: value" pairs separated by tabs
 -- done() prints one machine-readable line: requests, duration, latency percentiles, status counts.
 local header = os.getenv("BENCH_HEADER") or ""
 local value = os.getenv("BENCH_VALUE") or ""
 local values_file = os.getenv("BENCH_VALUES") or ""
 local path_prefix = os.getenv("BENCH_PATH_PREFIX") or ""
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0") or 0
+local extra = {}
+for pair in string.gmatch(os.getenv("BENCH_EXTRA") or "", "[^\t]+") do
+  local k, v = string.match(pair, "^([^:]+):%s*(.*)$")
+  if k then
+    extra[k] = v
+    wrk.headers[k] = v
+  end
+end
 
 local values = {}
 if values_file ~= "" then
@@ -28,7 +37,9 @@ if #values > 0 then
     next_value = next_value + 1
     local v = values[((next_value - 1) % #values) + 1]
     if path_prefix ~= "" then return wrk.format(nil, path_prefix .. v) end
-    return wrk.format(nil, nil, { [header] = v })
+    local h = { [header] = v }
+    for k, x in pairs(extra) do h[k] = x end
+    return wrk.format(nil, nil, h)
   end
 elseif header ~= "" then
   wrk.headers[header] = value

@@ -99,14 +99,39 @@ impl Offer<'_> {
 /// The x402 v2 `PAYMENT-REQUIRED` header: standard base64 of the PaymentRequired JSON.
 /// `accepts` is the rendered `accepts[]` (built once per route and address).
 pub fn payment_required_header(code: &str, message: &str, url: &str, accepts: &str) -> String {
-    let resource = Obj::new().str("url", url).end();
-    let text = Obj::new()
-        .num("x402Version", 2)
-        .str("error", &format!("{code}: {message}"))
-        .raw("resource", &resource)
-        .raw("accepts", accepts)
-        .end();
-    b64::encode(text.as_bytes())
+    payment_required_header_with(&payment_required_head(code, message), url, &payment_required_tail(accepts))
+}
+
+/// The start of the PaymentRequired JSON, up to the request's URL:
+/// `{"x402Version":2,"error":"<code>: <message>","resource":{"url":` (rendered once per route
+/// for `payment_required`, see `Challenge`).
+pub fn payment_required_head(code: &str, message: &str) -> String {
+    let mut head = Obj::new().num("x402Version", 2).str("error", &format!("{code}: {message}")).end();
+    head.pop(); // the closing brace: the resource follows
+    head.push_str(",\"resource\":{\"url\":");
+    head
+}
+
+/// The end of the PaymentRequired JSON, `"accepts":[…]}`, already in base64: the same for every
+/// request of a route and payee, so it is encoded once (see `payment_required_header_with`).
+pub fn payment_required_tail(accepts: &str) -> String {
+    b64::encode(format!("\"accepts\":{accepts}}}").as_bytes())
+}
+
+/// The header from its pre-rendered parts: only the head and the URL are encoded per request.
+/// They are padded with spaces (JSON whitespace between members) to a multiple of 3 bytes, so
+/// that their base64 ends on a group boundary and the tail's base64 follows it unchanged.
+pub fn payment_required_header_with(head: &str, url: &str, tail: &str) -> String {
+    let mut text = String::with_capacity(head.len().saturating_add(url.len()).saturating_add(8));
+    text.push_str(head);
+    text.push_str(&crate::json_out::string(url));
+    text.push_str("},");
+    while !text.len().is_multiple_of(3) {
+        text.push(' ');
+    }
+    let mut out = b64::encode(text.as_bytes());
+    out.push_str(tail);
+    out
 }
 
 /// The txid inside an x402 `PAYMENT-SIGNATURE` header (`payload.txid`, or `payload.txRef` as in
@@ -293,6 +318,29 @@ mod tests {
         assert_eq!(accepts[0]["extra"]["bip21"], "bitcoin:bcrt1qa?amount=0.000015");
         let with_age: Value = serde_json::from_str(&offer(&addresses, 3600).x402_accepts()).unwrap();
         assert_eq!(with_age[0]["maxTimeoutSeconds"], 3600);
+    }
+
+    /// The pre-encoded tail joins the per-request part on a base64 group boundary whatever the
+    /// URL's length: the header decodes to the same JSON as one encoded in a single piece.
+    #[test]
+    fn the_pre_encoded_tail_gives_the_same_challenge_for_every_url_length() {
+        let addresses = vec!["bcrt1qa".to_string()];
+        let accepts = offer(&addresses, 0).x402_accepts();
+        let tail = payment_required_tail(&accepts);
+        let head = payment_required_head("payment_required", "pay \"now\" é");
+        for n in 0..12 {
+            let url = format!("https://h/{}?q=\"x\"", "a".repeat(n));
+            let header = payment_required_header_with(&head, &url, &tail);
+            assert!(header.trim_end_matches('=').chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'));
+            let decoded: Value = serde_json::from_slice(&b64::decode(&header).unwrap()).unwrap();
+            let whole = Obj::new()
+                .num("x402Version", 2)
+                .str("error", "payment_required: pay \"now\" é")
+                .raw("resource", &Obj::new().str("url", &url).end())
+                .raw("accepts", &accepts)
+                .end();
+            assert_eq!(decoded, serde_json::from_str::<Value>(&whole).unwrap(), "url of {n} extra bytes");
+        }
     }
 
     fn signature(body: &Value) -> Vec<u8> {

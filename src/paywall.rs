@@ -18,6 +18,8 @@ pub struct Page {
     before: String,
     after: String,
     pub csp: String,
+    /// The page with no status line (a first 402), rendered once.
+    pub blank: String,
 }
 
 /// What the page shows; strings are the operator's or ours, escaped when rendered.
@@ -146,7 +148,8 @@ impl Page {
             csp_hash(STYLE),
             csp_hash(SCRIPT)
         );
-        Page { before, after, csp }
+        let blank = format!("{before}{after}");
+        Page { before, after, csp, blank }
     }
 
     /// The page with this request's status line (plain text, escaped here).
@@ -190,6 +193,7 @@ mod tests {
     #[test]
     fn the_page_is_self_contained_escaped_and_allowed_by_its_own_csp() {
         let page = Page::render(&facts("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"));
+        assert_eq!(page.blank, page.with_status(""), "the first 402's page is the page with no status line");
         let html = page.with_status("<b>seen</b>");
         assert!(html.contains("1000 sats"));
         assert!(html.contains("0.00001 BTC"));

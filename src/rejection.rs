@@ -268,6 +268,12 @@ pub struct Challenge {
     pub payment: String,
     pub accepts: String,
     pub page: Option<Page>,
+    /// The x402 header's `"accepts":[…]}` in base64 (`payer::payment_required_tail`).
+    pub x402_tail: String,
+    /// The x402 header's head for `payment_required` (`payer::payment_required_head`).
+    pub required_head: String,
+    /// The whole JSON body of a `payment_required` 402: nothing in it depends on the request.
+    pub required_body: String,
 }
 
 impl Challenge {
@@ -293,7 +299,39 @@ impl Challenge {
             })),
             _ => None,
         };
-        Challenge { payment: challenge(config, policy, payee), accepts: offer.x402_accepts(), page }
+        let accepts = offer.x402_accepts();
+        let required = Rejection::PaymentRequired;
+        let mut rendered = Challenge {
+            payment: challenge(config, policy, payee),
+            x402_tail: payer::payment_required_tail(&accepts),
+            required_head: payer::payment_required_head(required.code(), &required.message(config)),
+            accepts,
+            page,
+            required_body: String::new(),
+        };
+        rendered.required_body = required.body_with(config, Some(&rendered));
+        rendered
+    }
+
+    /// The x402 `PAYMENT-REQUIRED` value of a 402 for `url`.
+    pub fn x402_header(&self, rejection: &Rejection, config: &Config, url: &str) -> String {
+        match rejection {
+            Rejection::PaymentRequired => {
+                payer::payment_required_header_with(&self.required_head, url, &self.x402_tail)
+            }
+            other => {
+                let head = payer::payment_required_head(other.code(), &other.message(config));
+                payer::payment_required_header_with(&head, url, &self.x402_tail)
+            }
+        }
+    }
+
+    /// The JSON body of a 402 (pre-rendered for `payment_required`).
+    pub fn json_body(&self, rejection: &Rejection, config: &Config) -> std::borrow::Cow<'_, str> {
+        match rejection {
+            Rejection::PaymentRequired => std::borrow::Cow::Borrowed(&self.required_body),
+            other => std::borrow::Cow::Owned(other.body_with(config, Some(self))),
+        }
     }
 }
 
@@ -324,6 +362,25 @@ mod tests {
                    "manifest": "/.well-known/txgate"})
         );
         assert_eq!(Rejection::PaymentRequired.status(), 402);
+    }
+
+    /// What is rendered once per route is what would be rendered per request.
+    #[test]
+    fn the_pre_rendered_answers_equal_the_per_request_renderings() {
+        let c = config();
+        let challenge = Challenge::render(&c, &c.default_policy, None);
+        let url = "http://api.example/data?x=\"1\"";
+        for r in [
+            Rejection::PaymentRequired,
+            Rejection::TxNotFound,
+            Rejection::PaymentExhausted { requests: Some(3), window_secs: None },
+        ] {
+            assert_eq!(challenge.json_body(&r, &c), r.body_with(&c, Some(&challenge)), "{}", r.code());
+            let whole = payer::payment_required_header(r.code(), &r.message(&c), url, &challenge.accepts);
+            let decode =
+                |h: &str| -> Value { serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap() };
+            assert_eq!(decode(&challenge.x402_header(&r, &c, url)), decode(&whole), "{}", r.code());
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Small wrappers over host calls that cannot panic and say what failed.
 
+use std::borrow::Cow;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
@@ -190,14 +191,11 @@ pub fn send_rejection(
     let challenge = policy.filter(|_| rejection.status() == 402).map(|p| gate.challenge(p, payee));
     let x402;
     let page;
-    let body = match &challenge {
+    let body: Cow<'_, str> = match &challenge {
         Some(challenge) => {
-            x402 = payer::payment_required_header(
-                rejection.code(),
-                &rejection.message(&gate.config),
-                &reply.url,
-                &challenge.accepts,
-            );
+            // Rendered once per route and payee: only the URL is encoded per request (and, for
+            // a 402 other than payment_required, its message).
+            x402 = challenge.x402_header(rejection, &gate.config, &reply.url);
             headers.push((payer::PAYMENT_REQUIRED, &x402));
             if gate.manifest.is_some() {
                 headers.push(("link", "</.well-known/txgate>; rel=\"service-meta\""));
@@ -213,21 +211,20 @@ pub fn send_rejection(
                     headers.push(("content-type", "text/html; charset=utf-8"));
                     headers.push(("content-security-policy", &page.csp));
                     headers.push(("x-content-type-options", "nosniff"));
-                    let line = match rejection {
-                        Rejection::PaymentRequired => String::new(),
-                        other => other.message(&gate.config),
-                    };
-                    page.with_status(&line)
+                    match rejection {
+                        Rejection::PaymentRequired => Cow::Borrowed(page.blank.as_str()),
+                        other => Cow::Owned(page.with_status(&other.message(&gate.config))),
+                    }
                 }
                 _ => {
                     headers.push(("content-type", "application/json"));
-                    rejection.body_with(&gate.config, Some(challenge))
+                    challenge.json_body(rejection, &gate.config)
                 }
             }
         }
         None => {
             headers.push(("content-type", "application/json"));
-            rejection.body_with(&gate.config, None)
+            Cow::Owned(rejection.body_with(&gate.config, None))
         }
     };
     if let Err(status) = hostcalls::send_http_response(rejection.status(), headers, Some(body.as_bytes())) {

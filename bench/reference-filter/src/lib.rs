@@ -1,13 +1,26 @@
-//! Reference filter of the benchmarks. With an empty plugin configuration it does nothing but read
-//! the `x-bitcoin-txid` request header and continue: the fixed price of any Rust Proxy-Wasm filter.
+//! Reference filter of the benchmarks: the fixed price of any Rust Proxy-Wasm filter, and the
+//! *twin* of each answer txgate gives, so that every txgate scenario is compared with a filter that
+//! gives the same shape of answer and does nothing else.
 //!
-//! For `bench.py --profile` the configuration is a comma-separated list of extra host calls to make
-//! on each request, so that the cost of each kind of call can be measured on its own:
+//! The plugin configuration is a list of `;`-separated lines (`bench.py` writes it):
+//!   `<ops>`                     first line: a comma-separated list of extra host calls (profile), may be empty
+//!   `reply <status>`            answer every request locally with this status ...
+//!   `header <hex name> <hex value>`  ... and these response headers ...
+//!   `body <hex>`                ... and this body (txgate's own answer, byte for byte)
+//!   `add <hex name> <hex value>` pass the request on with this request header added (txgate's receipt)
+//! With no `reply` the request goes on (with the `add` headers). Whatever the configuration, the
+//! filter first reads the `x-bitcoin-txid` request header, as the original reference did.
+//!
+//! The ops, for `bench.py`'s host-call profile:
 //!   all_headers  read the whole request header map (what txgate does to find path, txid, x-txgate-*)
 //!   metric       increment a counter
+//!   metric2      increment two counters (txgate counts `allowed` and `cache_hits` on a warm hit)
 //!   shared_get   read one shared-data key (a payment cache lookup)
+//!   property     read `source.address` (the penalty box's identity)
 //!   add_headers  add three request headers (what txgate adds to a paid request)
 //!   time         read the clock
+use std::rc::Rc;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -17,41 +30,81 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root::default()));
 }}
 
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 struct Ops {
     all_headers: bool,
     metric: Option<u32>,
+    metric2: Option<u32>,
     shared_get: bool,
+    property: bool,
     add_headers: bool,
     time: bool,
+    reply: Option<u32>,
+    reply_headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    add: Vec<(String, String)>,
 }
 
 #[derive(Default)]
 struct Root {
-    ops: Ops,
+    ops: Rc<Ops>,
 }
 
 impl Context for Root {}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => 0,
+    };
+    b.chunks(2).filter(|p| p.len() == 2).map(|p| digit(p[0]) * 16 + digit(p[1])).collect()
+}
+
+fn text(s: &str) -> String {
+    String::from_utf8_lossy(&unhex(s)).into_owned()
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default();
         let config = String::from_utf8_lossy(&config).into_owned();
-        for op in config.trim_matches('"').split(',').map(str::trim) {
+        let mut lines = config.trim_matches('"').split(';');
+        let mut ops = Ops::default();
+        for op in lines.next().unwrap_or("").split(',').map(str::trim) {
             match op {
-                "all_headers" => self.ops.all_headers = true,
-                "metric" => self.ops.metric = hostcalls::define_metric(MetricType::Counter, "bench_reference_requests").ok(),
-                "shared_get" => self.ops.shared_get = true,
-                "add_headers" => self.ops.add_headers = true,
-                "time" => self.ops.time = true,
+                "all_headers" => ops.all_headers = true,
+                "metric" => {
+                    ops.metric = hostcalls::define_metric(MetricType::Counter, "bench_reference_requests").ok()
+                }
+                "metric2" => {
+                    ops.metric = hostcalls::define_metric(MetricType::Counter, "bench_reference_requests").ok();
+                    ops.metric2 = hostcalls::define_metric(MetricType::Counter, "bench_reference_hits").ok();
+                }
+                "shared_get" => ops.shared_get = true,
+                "property" => ops.property = true,
+                "add_headers" => ops.add_headers = true,
+                "time" => ops.time = true,
                 _ => {}
             }
         }
+        for line in lines {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["reply", status] => ops.reply = status.parse().ok(),
+                ["header", name, value] => ops.reply_headers.push((text(name), text(value))),
+                ["body", body] => ops.body = unhex(body),
+                ["add", name, value] => ops.add.push((text(name), text(value))),
+                _ => {}
+            }
+        }
+        self.ops = Rc::new(ops);
         true
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Reference { ops: self.ops }))
+        Some(Box::new(Reference { ops: self.ops.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -60,30 +113,49 @@ impl RootContext for Root {
 }
 
 struct Reference {
-    ops: Ops,
+    ops: Rc<Ops>,
 }
 
 impl Context for Reference {}
 
 impl HttpContext for Reference {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let _txid = self.get_http_request_header("x-bitcoin-txid");
-        if self.ops.all_headers {
+        let ops = &self.ops;
+        let _txid = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-bitcoin-txid");
+        if ops.all_headers {
             let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
         }
-        if self.ops.shared_get {
+        if ops.property {
+            let _ = hostcalls::get_property(vec!["source", "address"]);
+        }
+        if ops.shared_get {
             let _ = hostcalls::get_shared_data("bench-reference-key");
         }
-        if self.ops.time {
+        if ops.time {
             let _ = hostcalls::get_current_time();
         }
-        if self.ops.add_headers {
-            for (k, v) in [("x-bench-a", "0123456789abcdef"), ("x-bench-b", "1000"), ("x-bench-c", "1")] {
+        if ops.add_headers {
+            for (k, v) in [
+                ("x-bench-a", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+                ("x-bench-b", "1000"),
+                ("x-bench-c", "1"),
+            ] {
                 let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, k, v);
             }
         }
-        if let Some(id) = self.ops.metric {
+        if let Some(id) = ops.metric {
             let _ = hostcalls::increment_metric(id, 1);
+        }
+        if let Some(id) = ops.metric2 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        if let Some(status) = ops.reply {
+            let headers: Vec<(&str, &str)> = ops.reply_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let _ = hostcalls::send_http_response(status, headers, Some(&ops.body));
+            return Action::Pause;
+        }
+        for (k, v) in &ops.add {
+            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, k, v);
         }
         Action::Continue
     }
