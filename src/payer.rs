@@ -402,6 +402,8 @@ mod tests {
         assert!(wants_html(Some(b"text/html,application/xhtml+xml;q=0.9"), Some(ua)));
         assert!(!wants_html(Some(b"*/*"), Some(ua)));
         assert!(!wants_html(Some(b"text/html"), Some(b"curl/8.0")));
+        assert!(!wants_html(Some(b"text/html,*/*;q=0.8"), Some(b"curl/8.4.0")), "a script asking for HTML too");
+        assert!(!wants_html(Some(b"application/json, */*"), Some(ua)), "a browser's fetch asking for JSON");
         assert!(!wants_html(None, Some(ua)));
         assert_eq!(escape_html("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
     }
