@@ -263,10 +263,9 @@ fn addresses_for(config: &Config, payee: Option<&ClientAddress>) -> Vec<String> 
 
 /// Everything of a 402 that depends only on the route's price and the payee, rendered once
 /// (per worker, on first use) instead of per request: the `payment` member of the JSON body,
-/// the x402 `accepts[]`, and the paywall page.
+/// the x402 `accepts[]` (encoded in the header's tail), and the paywall page.
 pub struct Challenge {
     pub payment: String,
-    pub accepts: String,
     pub page: Option<Page>,
     /// The x402 header's `"accepts":[…]}` in base64 (`payer::payment_required_tail`).
     pub x402_tail: String,
@@ -276,17 +275,22 @@ pub struct Challenge {
     pub required_body: String,
 }
 
+/// The x402 `accepts[]` for a price and payee.
+fn x402_accepts(config: &Config, policy: &Policy, addresses: &[String]) -> String {
+    let offer = payer::Offer {
+        network: config.network,
+        addresses,
+        price_sats: policy.price_sats,
+        min_confirmations: policy.min_confirmations,
+        max_age_secs: policy.max_age.as_secs(),
+        header: &config.header,
+    };
+    offer.x402_accepts()
+}
+
 impl Challenge {
     pub fn render(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> Challenge {
         let addresses = addresses_for(config, payee);
-        let offer = payer::Offer {
-            network: config.network,
-            addresses: &addresses,
-            price_sats: policy.price_sats,
-            min_confirmations: policy.min_confirmations,
-            max_age_secs: policy.max_age.as_secs(),
-            header: &config.header,
-        };
         let page = match (&config.paywall, addresses.first()) {
             (Some(paywall), Some(address)) => Some(Page::render(&PageFacts {
                 title: &paywall.title,
@@ -299,13 +303,11 @@ impl Challenge {
             })),
             _ => None,
         };
-        let accepts = offer.x402_accepts();
         let required = Rejection::PaymentRequired;
         let mut rendered = Challenge {
             payment: challenge(config, policy, payee),
-            x402_tail: payer::payment_required_tail(&accepts),
+            x402_tail: payer::payment_required_tail(&x402_accepts(config, policy, &addresses)),
             required_head: payer::payment_required_head(required.code(), &required.message(config)),
-            accepts,
             page,
             required_body: String::new(),
         };
@@ -376,7 +378,8 @@ mod tests {
             Rejection::PaymentExhausted { requests: Some(3), window_secs: None },
         ] {
             assert_eq!(challenge.json_body(&r, &c), r.body_with(&c, Some(&challenge)), "{}", r.code());
-            let whole = payer::payment_required_header(r.code(), &r.message(&c), url, &challenge.accepts);
+            let accepts = x402_accepts(&c, &c.default_policy, &c.pay_to);
+            let whole = payer::payment_required_header(r.code(), &r.message(&c), url, &accepts);
             let decode =
                 |h: &str| -> Value { serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap() };
             assert_eq!(decode(&challenge.x402_header(&r, &c, url)), decode(&whole), "{}", r.code());
