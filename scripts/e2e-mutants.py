@@ -72,10 +72,10 @@ MUTANTS = [
      "glue: an explorer's 5xx answer counts as a confirmed 1 000 000-sat payment"),
     ("explorer_failure_forwarded", "src/filter/host.rs",
      "        Verdict::Reject { rejection, policy } => {\n"
-     "            let reply = ReplyFacts::from_host();",
+     "            let reply = ReplyFacts::for_paused(rejection);",
      "        Verdict::Reject { rejection: Rejection::ExplorerUnavailable, .. } => Sent::GoesOn,\n"
      "        Verdict::Reject { rejection, policy } => {\n"
-     "            let reply = ReplyFacts::from_host();",
+     "            let reply = ReplyFacts::for_paused(rejection);",
      "glue: failure_mode ignored, a failed lookup is let through (uncounted) in closed mode"),
     ("no_failover", "src/filter/root.rs",
      "if next < gate.config.explorers.len() && Self::within_deadline(gate, v, &txid, now_ms) {",

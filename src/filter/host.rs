@@ -150,7 +150,12 @@ impl ReplyFacts {
         }
     }
 
-    pub fn from_host() -> ReplyFacts {
+    /// For a request answered from the root context: only a 402 uses these facts, so only a 402
+    /// reads the request's headers from the host again.
+    pub fn for_paused(rejection: &Rejection) -> ReplyFacts {
+        if rejection.status() != 402 {
+            return ReplyFacts::default();
+        }
         hostcalls::get_map_bytes(MapType::HttpRequestHeaders).map(|h| ReplyFacts::of(&h)).unwrap_or_default()
     }
 }
@@ -262,31 +267,47 @@ pub fn send_status(context_id: u32, gate: &Gate, metrics: &Metrics, status: &Pay
     }
 }
 
+/// A request's receipt (txid, paid sats), once it is let through.
+type Receipt = Option<(String, String)>;
+
 thread_local! {
-    /// Receipts of requests let through from the root context, until their response headers:
-    /// an x402 request answers with PAYMENT-RESPONSE, and in the response phase the request
-    /// headers can no longer be read (the SDK panics on the host's refusal).
-    static RECEIPTS: std::cell::RefCell<Vec<(u32, String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Receipts for the x402 requests waiting for their response headers (which answer with
+    /// PAYMENT-RESPONSE): in the response phase the request headers can no longer be read (the
+    /// SDK panics on the host's refusal), and a request let through from the root context
+    /// cannot tell its own stream context.
+    static RECEIPTS: std::cell::RefCell<Vec<(u32, Receipt)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Keeps the receipt of a request let through (txid, paid sats) for its response.
+/// Marks a request as wanting its receipt (it paid through an x402 PAYMENT-SIGNATURE).
+pub fn expect_receipt(context_id: u32) {
+    RECEIPTS.with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            if !r.iter().any(|(id, _)| *id == context_id) {
+                r.push((context_id, None));
+            }
+        }
+    });
+}
+
+/// Keeps the receipt of a request let through, if it expects one.
 pub fn keep_receipt(context_id: u32, verdict: &Verdict) {
     if let Verdict::Allow { txid, receipt, .. } = verdict {
         RECEIPTS.with(|r| {
             if let Ok(mut r) = r.try_borrow_mut() {
-                r.push((context_id, txid.to_string(), receipt.paid_sats.to_string()));
+                if let Some((_, kept)) = r.iter_mut().find(|(id, _)| *id == context_id) {
+                    *kept = Some((txid.to_string(), receipt.paid_sats.to_string()));
+                }
             }
         });
     }
 }
 
 /// Takes the kept receipt of a request (also to forget it when the request ends).
-pub fn take_receipt(context_id: u32) -> Option<(String, String)> {
+pub fn take_receipt(context_id: u32) -> Receipt {
     RECEIPTS.with(|r| {
         let mut r = r.try_borrow_mut().ok()?;
-        let at = r.iter().position(|(id, _, _)| *id == context_id)?;
-        let (_, txid, paid) = r.swap_remove(at);
-        Some((txid, paid))
+        let at = r.iter().position(|(id, _)| *id == context_id)?;
+        r.swap_remove(at).1
     })
 }
 
@@ -352,7 +373,7 @@ pub fn carry_out_paused(
 ) {
     let sent = match verdict {
         Verdict::Reject { rejection, policy } => {
-            let reply = ReplyFacts::from_host();
+            let reply = ReplyFacts::for_paused(rejection);
             send_rejection(context_id, gate, metrics, rejection, policy.as_ref(), payee, &reply, false)
         }
         Verdict::Lookup(ticket) if ticket.probe => {
@@ -360,13 +381,13 @@ pub fn carry_out_paused(
             send_rejection(context_id, gate, metrics, &busy, None, None, &ReplyFacts::default(), true)
         }
         Verdict::Lookup(ticket) => {
-            let reply = ReplyFacts::from_host();
             let busy = Rejection::VerificationBusy;
+            let reply = ReplyFacts::for_paused(&busy);
             send_rejection(context_id, gate, metrics, &busy, Some(&ticket.policy), payee, &reply, false)
         }
         Verdict::Ledger(wait) => {
-            let reply = ReplyFacts::from_host();
             let busy = Rejection::VerificationBusy;
+            let reply = ReplyFacts::for_paused(&busy);
             send_rejection(context_id, gate, metrics, &busy, Some(&wait.ticket.policy), payee, &reply, false)
         }
         Verdict::Status(status) => {

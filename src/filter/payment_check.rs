@@ -189,6 +189,8 @@ impl PaymentCheck {
             if let Some(value) = signature {
                 self.metrics.count(Counter::X402Signatures);
                 self.x402 = true;
+                // Filled in when the request is let through, here or from the root context.
+                host::expect_receipt(self.id);
                 // A header that is no x402 payload is refused as a bad txid, like the header's.
                 signed_txid = payer::txid_from_payment_signature(value);
                 txids.push(signed_txid.as_deref().map_or(value, str::as_bytes));
@@ -510,7 +512,7 @@ impl PaymentCheck {
 
 impl Context for PaymentCheck {
     fn on_done(&mut self) -> bool {
-        if self.waiting || self.x402 {
+        if self.x402 {
             // A receipt kept for a response that never came (reset, local reply) goes too.
             let _ = host::take_receipt(self.id);
         }
