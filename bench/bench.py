@@ -922,6 +922,12 @@ def targets(results):
                     + ", ".join(f"{k}×{n}" for k, n in sorted(t["statuses"].items())), x["tx"] <= allowed))
         out.append(("flood: Envoy stays up", "up" if results.get("envoys_alive") else "DOWN",
                     bool(results.get("envoys_alive"))))
+    led = results.get("ledger") or {}
+    if led.get("ratio_ledger_to_grant") is not None:  # issue 12: the warm path makes no etcd call
+        r = led["ratio_ledger_to_grant"]
+        out.append(("ledger: warm paid with the etcd ledger >= 0.95x the same grant without it (issue 12)",
+                    f"{r:.3f}x (paired median; ratio of medians {led.get('ratio_of_medians')}x; "
+                    f"{led.get('ledger_calls_per_1000')} etcd calls per 1000 requests)", r >= 0.95))
     size = results.get("wasm_bytes", {}).get("txgate", 0)
     out.append(("release .wasm < 400 KB (issue 6)", f"{size / 1024:.0f} KiB ({size} bytes)", size < 400 * 1024))
     return [{"target": a, "measured": b, "met": c} for a, b, c in out]
