@@ -217,6 +217,124 @@ fn every_envoy_config_is_accepted_and_names_its_own_clusters() {
     }
 }
 
+/// The `:path` regex a route that skips txgate must carry for its prefix: canonical paths only.
+fn canonical_only_regex(prefix: &str) -> String {
+    format!("^{prefix}(/\\.*[A-Za-z0-9_~!$&'()*+,=:@-][A-Za-z0-9._~!$&'()*+,=:@-]*)*/?(\\?[^#]*)?$")
+}
+
+/// The headers txgate sets on a request it lets through: a route that skips txgate removes them.
+const TXGATE_REQUEST_HEADERS: [&str; 7] = [
+    "x-txgate-txid",
+    "x-txgate-paid-sats",
+    "x-txgate-confirmations",
+    "x-txgate-discount",
+    "x-txgate-address-path",
+    "x-txgate-unverified",
+    "x-txgate-shadow",
+];
+
+/// What is wrong with the routes of a bootstrap that disable txgate: each must take a prefix that
+/// the txgate config in the same file makes free (with no paid route under it), admit only its
+/// canonical spellings, and drop the headers txgate would have set.
+fn skipping_route_problems(doc: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (filters, _) = envoy_txgate_configs(doc);
+    let configs: Vec<Config> = filters
+        .iter()
+        .filter_map(|f| serde_json::from_str::<Value>(str_at(f, "/configuration/value")).ok())
+        .filter_map(|json| Config::from_json(json.to_string().as_bytes()).ok())
+        .collect();
+    for (_, hcm) in hcms(doc) {
+        for vhost in hcm["route_config"]["virtual_hosts"].as_array().into_iter().flatten() {
+            for route in vhost["routes"].as_array().into_iter().flatten() {
+                let skip = &route["typed_per_filter_config"]["txgate"];
+                if skip.is_null() {
+                    continue;
+                }
+                let prefix = str_at(route, "/match/path_separated_prefix");
+                let what = format!("route {prefix:?}");
+                if skip["@type"] != "type.googleapis.com/envoy.config.route.v3.FilterConfig" || skip["disabled"] != true {
+                    problems.push(format!("{what}: per-route txgate config other than FilterConfig {{disabled: true}}"));
+                }
+                if prefix.is_empty() || route["match"].as_object().is_some_and(|m| m.len() != 2) {
+                    problems.push(format!("{what}: must match path_separated_prefix and :path only"));
+                }
+                let headers = route["match"]["headers"].as_array().cloned().unwrap_or_default();
+                let regex_ok = headers.len() == 1
+                    && headers[0]["name"] == ":path"
+                    && headers[0]["invert_match"].is_null()
+                    && str_at(&headers[0], "/string_match/safe_regex/regex") == canonical_only_regex(prefix);
+                if !regex_ok {
+                    problems.push(format!("{what}: the :path match is not the canonical-only regex"));
+                }
+                let removed: Vec<&str> =
+                    route["request_headers_to_remove"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                for name in TXGATE_REQUEST_HEADERS {
+                    if !removed.contains(&name) {
+                        problems.push(format!("{what}: does not remove {name}"));
+                    }
+                }
+                if configs.is_empty() {
+                    problems.push(format!("{what}: no txgate config in this file says it is free"));
+                }
+                for config in &configs {
+                    let free = |path: &str| config.access_for(path) == txgate::config::AccessRef::Free;
+                    if !free(prefix) || !free(&format!("{prefix}/x")) {
+                        problems.push(format!("{what}: txgate does not make {prefix} free"));
+                    }
+                    for paid in config.routes.iter().filter(|r| !matches!(r.access, txgate::config::Access::Free)) {
+                        let under = paid.prefix.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+                        if under || paid.prefix == prefix {
+                            problems.push(format!("{what}: txgate prices {} under it", paid.prefix));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn routes_that_skip_txgate_are_free_canonical_and_strip_its_headers() {
+    let mut skipping = 0;
+    for path in yaml_files("envoy") {
+        let doc = documents(&path).pop().expect("one document");
+        assert_eq!(skipping_route_problems(&doc), Vec::<String>::new(), "{}", path.display());
+        skipping += doc.to_string().matches("envoy.config.route.v3.FilterConfig").count();
+    }
+    assert!(skipping >= 4, "every shipped config skips txgate on its free prefix ({skipping})");
+    // The check can fail: envoy/local.yaml with each safeguard broken in turn.
+    let doc = documents(&repo().join("envoy/local.yaml")).pop().expect("local.yaml");
+    let route = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes/0";
+    let config = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/1/typed_config/config/configuration/value";
+    type Break = fn(&mut Value);
+    let breaks: [(&str, Break); 6] = [
+        ("regex widened", |r| r["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] = json!("^/free.*")),
+        ("no :path match", |r| r["match"].as_object_mut().map(|m| m.remove("headers")).map(drop).unwrap_or(())),
+        ("plain prefix", |r| r["match"] = json!({"prefix": "/free", "headers": r["match"]["headers"].clone()})),
+        ("headers kept", |r| r["request_headers_to_remove"] = json!(["x-txgate-txid"])),
+        ("other prefix", |r| r["match"]["path_separated_prefix"] = json!("/api")),
+        ("not disabled", |r| r["typed_per_filter_config"]["txgate"]["disabled"] = json!(false)),
+    ];
+    for (name, mutate) in breaks {
+        let mut broken = doc.clone();
+        mutate(broken.pointer_mut(route).expect("skipping route"));
+        assert!(!skipping_route_problems(&broken).is_empty(), "not noticed: {name}");
+    }
+    for (name, routes) in [
+        ("not free in txgate", r#"[{"prefix": "/premium", "price_sats": 5000}]"#),
+        ("paid under it", r#"[{"prefix": "/free", "free": true}, {"prefix": "/free/pro", "price_sats": 5000}]"#),
+    ] {
+        let mut broken = doc.clone();
+        let value = broken.pointer_mut(config).expect("txgate config");
+        let mut json: Value = serde_json::from_str(value.as_str().expect("string")).expect("JSON");
+        json["routes"] = serde_json::from_str(routes).expect("routes");
+        *value = json!(json.to_string());
+        assert!(!skipping_route_problems(&broken).is_empty(), "not noticed: {name}");
+    }
+}
+
 fn envoy_bin() -> PathBuf {
     std::env::var_os("TXGATE_ENVOY").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/bin/envoy"))
 }
@@ -557,6 +675,34 @@ fn the_shipped_local_config_closes_the_ways_around_the_gate() {
     assert!(!own.is_empty() && !own.contains(','), "Envoy sets x-forwarded-for to the peer it sees: {own:?}");
     let forged = xff("/free/xff-forged");
     assert_eq!(forged.rsplit(',').next().map(str::trim), Some(own.as_str()), "x-forwarded-for {forged:?}");
+
+    // The free prefix: a canonical path skips txgate (its route disables the filter), and Envoy
+    // drops the headers txgate would set; every other spelling goes through txgate, which prices
+    // it as its canonical form.
+    let free = |stack: &Stack| stack.stat("txgate_requests_free");
+    let before = free(&stack);
+    let forged = [("x-txgate-paid-sats", "999999"), ("x-txgate-txid", "forged"), ("x-txgate-unverified", "no")];
+    for path in ["/free", "/free/", "/free/skip", "/free/a.b/.c~d:e@f!$&'()*+,=-?x=/../api&y=%2f"] {
+        let reply = raw(port, "GET", path, &forged);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    assert_eq!(free(&stack), before, "txgate ran for a canonical free path");
+    for request in stack.backend_seen().iter().filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/free"))) {
+        let headers = request["headers"].as_object().map(|h| h.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        assert!(!headers.iter().any(|h| h.starts_with("x-txgate-")), "{request}");
+    }
+    let reached = seen_paths(&stack).len();
+    for path in ["/free;v=1/x", "/free/.../x", "/free/x%20y"] {
+        let reply = raw(port, "GET", path, &forged);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    assert_eq!(free(&stack), before + 3, "a non-canonical free path skipped txgate");
+    for path in ["/free/..;/api/hello", "/free/..\\api/hello", "/free/%2e%2e/api/hello", "/FREE/x", "/freeloader", "/free%20/x"]
+    {
+        let reply = raw(port, "GET", path, &forged);
+        assert!(matches!(reply.status, 400 | 402), "{path}: {} {}", reply.status, reply.body);
+    }
+    assert_eq!(seen_paths(&stack).len(), reached + 3, "{:?}", seen_paths(&stack));
 
     // CORS: a browser preflight is answered by Envoy (before txgate, which would say 402) ...
     let origin = str_at(
