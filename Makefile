@@ -246,7 +246,7 @@ BENCH_REF_TARGET := target/bench-reference
 BENCH_REF_WASM := $(BENCH_REF_TARGET)/$(WASM_TARGET)/release/txgate_bench_reference.wasm
 BENCH_ARGS ?=
 
-.PHONY: bench bench-smoke bench-reference bench-ledger
+.PHONY: bench bench-smoke bench-reference bench-ledger bench-scale
 
 .tools/wrk.stamp:
 	@command -v wrk >/dev/null || { apt-get update -qq && \
@@ -267,6 +267,13 @@ bench: tools wasm devnet bench-reference .tools/wrk.stamp
 # etcd calls per 1000 requests: bench/results/ledger.md and ledger.json.
 bench-ledger: tools wasm devnet .tools/wrk.stamp
 	python3 bench/ledger.py
+
+# Scale (issue 15; ~8 minutes, not part of `make bench`): memory against cache.max_entries, floods of 1 M
+# bogus txids and 100 k source addresses, 2 workers vs 1: bench/results/scale.md and scale.json.
+# SCALE_ARGS="--smoke" for a quick check, "--flood 200000 --sources 20000" for smaller floods.
+SCALE_ARGS ?=
+bench-scale: tools wasm devnet bench-reference .tools/wrk.stamp
+	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/scale.py $(SCALE_ARGS)
 
 # A few hundred requests per scenario; fails unless every scenario answers the expected status codes.
 bench-smoke: tools wasm devnet bench-reference .tools/wrk.stamp

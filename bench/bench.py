@@ -240,7 +240,7 @@ admin:
 
 
 class Envoy:
-    def __init__(self, procs, work, name, yaml, cpus):
+    def __init__(self, procs, work, name, yaml, cpus, concurrency=1):
         self.name = name
         d = work / name
         d.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,7 @@ class Envoy:
         admin_file.unlink(missing_ok=True)
         self.log_path = d / "envoy.log"
         self.proc = procs.start(name, [
-            str(ENVOY), "-c", str(d / "envoy.yaml"), "--concurrency", "1", "--use-dynamic-base-id",
+            str(ENVOY), "-c", str(d / "envoy.yaml"), "--concurrency", str(concurrency), "--use-dynamic-base-id",
             "--disable-hot-restart", "-l", "warning", "--admin-address-path", str(admin_file),
             "--log-path", str(self.log_path)], cpus, d / "stdout.log")
         deadline = time.time() + 60

@@ -3,6 +3,9 @@
 --   BENCH_VALUE   its value, the same on every request
 --   BENCH_VALUES  a file of values, one per line, cycled request by request (e.g. fresh txids)
 --   BENCH_PATH_PREFIX  with BENCH_VALUES: send the values as paths (prefix .. value) instead of a header
+--   BENCH_COUNTER a prefix of hex digits: each request's header value is the prefix followed by a
+--                 request counter in zero-padded decimal up to 64 characters (a new well-formed txid
+--                 per request, as many as wanted, without a file; bench/scale.py's flood)
 --   BENCH_LIMIT   stop after this many responses (fixed request count), 0 = run for -d
 --   BENCH_EXTRA   more request headers, "name: value" pairs separated by tabs
 -- done() prints one machine-readable line: requests, duration, latency percentiles, status counts.
@@ -11,6 +14,7 @@ local value = os.getenv("BENCH_VALUE") or ""
 local values_file = os.getenv("BENCH_VALUES") or ""
 local path_prefix = os.getenv("BENCH_PATH_PREFIX") or ""
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0") or 0
+local counter_prefix = os.getenv("BENCH_COUNTER") or ""
 local extra = {}
 for pair in string.gmatch(os.getenv("BENCH_EXTRA") or "", "[^\t]+") do
   local k, v = string.match(pair, "^([^:]+):%s*(.*)$")
@@ -31,7 +35,15 @@ statuses = {}
 responses = 0
 local next_value = 0
 
-if #values > 0 then
+if counter_prefix ~= "" then
+  local counter_format = counter_prefix .. "%0" .. (64 - #counter_prefix) .. "d"
+  function request()
+    next_value = next_value + 1
+    local h = { [header] = string.format(counter_format, next_value) }
+    for k, x in pairs(extra) do h[k] = x end
+    return wrk.format(nil, nil, h)
+  end
+elseif #values > 0 then
   -- Dynamic requests: a Lua call per request (only where the scenario needs it).
   function request()
     next_value = next_value + 1
