@@ -3,6 +3,7 @@
 CPU per request (the steadier figure on a shared machine).
 
     python3 bench/ab.py A.wasm B.wasm [--scenarios unpaid,paywall,paid_warm,free] [--reps 7] [--duration 2]
+    python3 bench/ab.py X.wasm X.wasm --config-b other.json     (one build, two configs)
 
 Reuses bench.py's processes, chain and wrk driver; both Envoys get bench/txgate-config.json.
 """
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("--duration", type=int, default=2)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--config", default=str(b.BENCH / "txgate-config.json"))
+    ap.add_argument("--config-b", help="B's plugin config (default: --config)")
     args = ap.parse_args()
     work = b.ROOT / "target/bench/ab"
     shutil.rmtree(work, ignore_errors=True)
@@ -40,9 +42,10 @@ def main():
         _, explorer_port, warm_txid, _ = b.ensure_txids(procs, work, 0, cpu_load)
         upstream = b.Envoy(procs, work, "upstream", b.envoy_yaml("upstream", 0, 0, None), cpu_load)
         envoys = {}
-        for label, wasm in (("A", args.a), ("B", args.b)):
+        plugin_b = json.loads(Path(args.config_b).read_text()) if args.config_b else plugin
+        for label, wasm, cfg in (("A", args.a, plugin), ("B", args.b, plugin_b)):
             b.TXGATE_WASM = Path(wasm).resolve()
-            envoys[label] = b.Envoy(procs, work, label, b.envoy_yaml("txgate", upstream.port, explorer_port, plugin),
+            envoys[label] = b.Envoy(procs, work, label, b.envoy_yaml("txgate", upstream.port, explorer_port, cfg),
                                     cpu_envoy)
         for s in scenarios:
             value = warm_txid if s.get("value") == "warm" else s.get("value")

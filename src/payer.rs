@@ -129,7 +129,8 @@ pub fn payment_required_header_with(head: &str, url: &str, tail: &str) -> String
     while !text.len().is_multiple_of(3) {
         text.push(' ');
     }
-    let mut out = b64::encode(text.as_bytes());
+    let mut out = String::with_capacity(text.len().div_ceil(3).saturating_mul(4).saturating_add(tail.len()));
+    b64::encode_into(text.as_bytes(), &mut out);
     out.push_str(tail);
     out
 }

@@ -5,23 +5,32 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 
 pub fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3).saturating_mul(4));
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk.first().copied().unwrap_or(0),
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].iter().enumerate() {
-            if i <= chunk.len() {
-                let index = usize::try_from((n >> shift) & 0x3f).unwrap_or(0);
-                out.push(char::from(ALPHABET.get(index).copied().unwrap_or(b'A')));
-            } else {
-                out.push('=');
-            }
-        }
-    }
+    encode_into(bytes, &mut out);
     out
+}
+
+/// Appends the base64 of `bytes` to `out` (on the request path: one buffer, no per-char pushes).
+pub fn encode_into(bytes: &[u8], out: &mut String) {
+    let mut coded: Vec<u8> = Vec::with_capacity(bytes.len().div_ceil(3).saturating_mul(4));
+    let sextet = |n: u32, shift: u32| ALPHABET.get(usize::try_from((n >> shift) & 0x3f).unwrap_or(0)).copied();
+    for chunk in bytes.chunks(3) {
+        let (a, b, c) = match *chunk {
+            [a, b, c] => (a, Some(b), Some(c)),
+            [a, b] => (a, Some(b), None),
+            [a] => (a, None, None),
+            _ => continue,
+        };
+        let n = (u32::from(a) << 16) | (u32::from(b.unwrap_or(0)) << 8) | u32::from(c.unwrap_or(0));
+        let quad = [
+            sextet(n, 18).unwrap_or(b'A'),
+            sextet(n, 12).unwrap_or(b'A'),
+            if b.is_some() { sextet(n, 6).unwrap_or(b'A') } else { b'=' },
+            if c.is_some() { sextet(n, 0).unwrap_or(b'A') } else { b'=' },
+        ];
+        coded.extend_from_slice(&quad);
+    }
+    // Only ALPHABET bytes and '=' were pushed: always ASCII.
+    out.push_str(std::str::from_utf8(&coded).unwrap_or_default());
 }
 
 fn value_of(c: u8) -> Option<u32> {
