@@ -422,14 +422,56 @@ impl Gate {
         facts: &RequestFacts<'_>,
         txid_values: &[&[u8]],
     ) -> (Verdict, Effects) {
-        self.admit_as(store, facts, txid_values, false)
+        self.admit_as(store, facts, txid_values, false, false)
+    }
+
+    /// Whether a request may be judged without its client's penalty records, and so without
+    /// reading its address: the penalty box is on, but no client is banned (the ban horizon has
+    /// passed), and nothing else asks who the client is (a `source_address` binding, a
+    /// `no_strikes_for` discount, per-client fail-open allowances). `source_trusted` as for
+    /// `RequestFacts`: a listener that lets clients name their address refuses them instead.
+    pub fn may_skip_client(&self, store: &dyn SharedStore, source_trusted: bool, now_ms: u64) -> bool {
+        let Some(penalty) = &self.config.penalty else { return false };
+        source_trusted
+            && self.config.bind_to != Some(IdentitySource::SourceAddress)
+            && self.fail_open.is_none()
+            && !self.config.discounts.iter().any(|d| matches!(d.condition, Condition::NoStrikesFor(_)))
+            && !penalty.bans_active(store, now_ms / 1000)
+    }
+
+    /// `admit` without the client's penalty records (if `may_skip_client`): the verdict when
+    /// it is one that no client record could change (let through, a 402 challenge, a used-up or
+    /// bound payment); `None` when it could (a strike, a lookup): then `admit` with the client.
+    /// Nothing is counted, bound or struck for a verdict that is not returned.
+    pub fn admit_without_client(
+        &self,
+        store: &dyn SharedStore,
+        facts: &RequestFacts<'_>,
+        txid_values: &[&[u8]],
+    ) -> Option<(Verdict, Effects)> {
+        if !self.may_skip_client(store, facts.source_trusted, facts.now_ms) {
+            return None;
+        }
+        let (verdict, effects) = self.admit_as(store, facts, txid_values, false, true);
+        let settled = match &verdict {
+            Verdict::Allow { .. } | Verdict::Free => true,
+            Verdict::Reject { rejection, .. } => matches!(
+                rejection,
+                Rejection::PaymentRequired
+                    | Rejection::PaymentExhausted { .. }
+                    | Rejection::BoundToOtherClient
+                    | Rejection::IdentityRequired { .. }
+            ),
+            _ => false,
+        };
+        settled.then_some((verdict, effects))
     }
 
     /// What `GET /.well-known/txgate/status` answers: the same decision as for a request to
     /// `facts.path`, with nothing used, bound or struck. Cold lookups are limited per client
     /// (`status_lookups`), since a status check of an unknown txid costs no strike.
     pub fn status(&self, store: &dyn SharedStore, facts: &RequestFacts<'_>, txid: &[u8]) -> (Verdict, Effects) {
-        let (verdict, effects) = self.admit_as(store, facts, &[txid], true);
+        let (verdict, effects) = self.admit_as(store, facts, &[txid], true, false);
         match verdict {
             Verdict::Lookup(ticket) => {
                 if self.status_lookups.take(store, ticket.client_key, facts.now_ms / 1000) {
@@ -455,6 +497,7 @@ impl Gate {
         facts: &RequestFacts<'_>,
         txid_values: &[&[u8]],
         probe: bool,
+        skip_client: bool,
     ) -> (Verdict, Effects) {
         let config = &self.config;
         let base = match config.access_for(facts.path) {
@@ -473,7 +516,7 @@ impl Gate {
         // without one are not pooled into a single bucket that a few bad requests could ban.
         let mut client_ids: Vec<(u64, u32)> = Vec::new();
         let mut clients: Vec<ClientRecord> = Vec::new();
-        if let Some(penalty) = &config.penalty {
+        if let Some(penalty) = config.penalty.as_ref().filter(|_| !skip_client) {
             let own = facts
                 .identity(&penalty.identity)
                 .filter(|_| penalty.identity != IdentitySource::SourceAddress || facts.source_trusted);
@@ -1401,6 +1444,88 @@ mod tests {
             "{verdict:?}"
         );
         assert_eq!(admit(&gate, &store, "/free", &[], &[]).0, Verdict::Free, "free routes stay open");
+    }
+
+    /// What the glue does: the verdict without the client if it is settled, else `admit` with
+    /// the client's address; and whether the address was needed.
+    fn admit_as_glue(gate: &Gate, store: &MemoryStore, source: &str, txids: &[&str], now_ms: u64) -> (Verdict, bool) {
+        let values: Vec<&[u8]> = txids.iter().map(|t| t.as_bytes()).collect();
+        let facts = |source_address| RequestFacts {
+            path: "/api",
+            headers: &[],
+            principal: None,
+            source_address,
+            source_trusted: true,
+            claims: &[],
+            now_ms,
+        };
+        match gate.admit_without_client(store, &facts(None), &values) {
+            Some((verdict, _)) => (verdict, false),
+            None => (gate.admit(store, &facts(Some(source)), &values).0, true),
+        }
+    }
+
+    #[test]
+    fn with_no_client_banned_paid_and_unpaid_requests_need_no_client_record() {
+        let (gate, store) =
+            gate(json!({"penalty": {"identity": "source_address", "max_strikes": 2, "ban_time": "10m"}}));
+        let (paid, _) = verify(&gate, &store, &[], &found(1000, Some(100)));
+        assert!(matches!(paid, Verdict::Allow { .. }), "{paid:?}");
+        let a = "10.0.0.7:1";
+        assert_eq!(code(&admit_as_glue(&gate, &store, a, &[TXID], NOW_MS).0), "allow");
+        assert!(!admit_as_glue(&gate, &store, a, &[TXID], NOW_MS).1, "a cached payment needs no address");
+        assert_eq!(
+            admit_as_glue(&gate, &store, a, &[], NOW_MS),
+            (reject(Rejection::PaymentRequired, gate.config.default_policy).0, false)
+        );
+        // What can strike, or must be looked up, is judged with the client.
+        let unknown = "11".repeat(32);
+        assert_eq!(code(&admit_as_glue(&gate, &store, a, &[&unknown], NOW_MS).0), "lookup");
+        assert!(admit_as_glue(&gate, &store, a, &[&unknown], NOW_MS).1);
+        assert_eq!(admit_as_glue(&gate, &store, a, &["bogus"], NOW_MS), (code_reject("invalid_txid", &gate), true));
+        // The second strike bans a; from then on every request is judged with its client ...
+        let (second, used) = admit_as_glue(&gate, &store, a, &["bogus"], NOW_MS);
+        assert_eq!((code(&second), used), ("invalid_txid", true));
+        for txids in [&[TXID][..], &[][..]] {
+            let (verdict, used) = admit_as_glue(&gate, &store, a, txids, NOW_MS + 1000);
+            assert_eq!((code(&verdict), used), ("client_banned", true), "{txids:?}");
+            // ... and other clients are judged as before, only with their address read.
+            let (other, used) = admit_as_glue(&gate, &store, "10.0.0.8:1", txids, NOW_MS + 1000);
+            assert_ne!(code(&other), "client_banned");
+            assert!(used);
+        }
+        // When the ban has ended, nobody's address is needed again.
+        let later = NOW_MS + 601_000;
+        assert_eq!(code(&admit_as_glue(&gate, &store, a, &[TXID], later).0), "allow");
+        assert!(!admit_as_glue(&gate, &store, a, &[TXID], later).1);
+    }
+
+    fn code_reject(code: &str, gate: &Gate) -> Verdict {
+        let rejection = match code {
+            "invalid_txid" => Rejection::InvalidTxid,
+            other => panic!("{other}"),
+        };
+        Verdict::Reject { rejection, policy: Some(gate.config.default_policy) }
+    }
+
+    #[test]
+    fn what_asks_who_the_client_is_keeps_reading_it() {
+        let address = gate(json!({"penalty": {"identity": "source_address"}, "bind_to": "source_address"}));
+        let discount = gate(json!({"penalty": {"identity": "source_address"},
+            "discounts": [{"name": "calm", "percent": 10, "no_strikes_for": "1h"}]}));
+        let open = gate(
+            json!({"penalty": {"identity": "source_address"}, "failure_mode": "open", "fail_open": {"acknowledged": true}}),
+        );
+        let none = gate(json!({}));
+        for (what, (gate, store)) in
+            [("bind_to", address), ("no_strikes_for", discount), ("fail open", open), ("no penalty box", none)]
+        {
+            assert!(!gate.may_skip_client(&store, true, NOW_MS), "{what}");
+            assert_eq!(admit_as_glue(&gate, &store, "10.0.0.7:1", &[], NOW_MS).1, true, "{what}");
+        }
+        let (gate, store) = gate(json!({"penalty": {"identity": "source_address"}}));
+        assert!(gate.may_skip_client(&store, true, NOW_MS));
+        assert!(!gate.may_skip_client(&store, false, NOW_MS), "an address the client chose is refused in full");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //!
 //! Clients live in a fixed table of shared-data slots (`txgate/c/<n>`), one slot per identity
 //! hash; a colliding newcomer replaces the older client, so memory is bounded.
+//!
+//! Beside them, the ban horizon (`txgate/c/horizon`): the latest `banned_until` of any ban this
+//! Envoy started. While it is past, no client is banned, and a request whose answer cannot strike
+//! needs neither the client's address nor its record (see `Gate::may_skip_client`).
 
 use std::time::Duration;
 
@@ -76,6 +80,36 @@ impl PenaltyConfig {
         for slot in 0..self.slots {
             store.create_if_missing(&format!("{}{slot}", self.prefix), &[]);
         }
+        store.create_if_missing(&self.horizon_key(), &[]);
+    }
+
+    fn horizon_key(&self) -> String {
+        format!("{}horizon", self.prefix)
+    }
+
+    /// Whether some client may be banned now. A horizon that cannot be read says yes: then
+    /// every request reads its client's record, as it would without the horizon.
+    pub fn bans_active(&self, store: &dyn SharedStore, now_secs: u64) -> bool {
+        match store.get(&self.horizon_key()) {
+            Some((bytes, _)) if bytes.is_empty() => false,
+            Some((bytes, _)) => Reader::new(&bytes).u64().is_none_or(|until| now_secs < until),
+            None => true,
+        }
+    }
+
+    /// Moves the horizon out to `until` (never in).
+    fn extend_horizon(&self, store: &dyn SharedStore, until: u64) -> Result<(), UpdateError> {
+        update(store, &self.horizon_key(), |bytes| {
+            let current = if bytes.is_empty() { Some(0) } else { Reader::new(bytes).u64() };
+            match current {
+                Some(current) if current >= until => (None, ()),
+                _ => {
+                    let mut out = Vec::with_capacity(8);
+                    put_u64(&mut out, until);
+                    (Some(out), ())
+                }
+            }
+        })
     }
 
     /// Records when a client was first seen, once (for `no_strikes_for`); a client that lost its
@@ -135,7 +169,17 @@ impl PenaltyConfig {
         if max_strikes == 0 {
             return Ok(None);
         }
-        update(store, &self.key(id), |bytes| {
+        // The horizon goes out first: a ban it does not cover would go unchecked on the
+        // requests that skip the client's record. At worst it covers a strike that banned no one.
+        let until = now_secs.saturating_add(self.ban_time.as_secs());
+        let known = self.client(store, id);
+        let live =
+            if now_secs >= known.window_start.saturating_add(self.find_time.as_secs()) { 0 } else { known.strikes };
+        let extended = live.saturating_add(1) >= u64::from(max_strikes);
+        if extended {
+            self.extend_horizon(store, until)?;
+        }
+        let banned = update(store, &self.key(id), |bytes| {
             let mut r = match ClientRecord::decode(bytes) {
                 Some(r) if r.id == id => r,
                 // Another client's ban holds its slot: a newcomer never lifts it by striking.
@@ -159,7 +203,12 @@ impl PenaltyConfig {
                 banned = Some(self.ban_time.as_secs());
             }
             (Some(r.encode()), banned)
-        })
+        })?;
+        // Another worker's strike came in between: the ban is recorded, and covered now.
+        if banned.is_some() && !extended {
+            self.extend_horizon(store, until)?;
+        }
+        Ok(banned)
     }
 }
 
@@ -230,11 +279,85 @@ mod tests {
         for id in 1..1000u64 {
             c.strike(&store, id, 1).unwrap();
         }
-        assert_eq!(store.len(), 8);
+        assert_eq!(store.len(), 8 + 1, "the slots and the ban horizon");
         assert_eq!(c.client(&store, 1).strikes, 0, "replaced by a later client in its slot");
         // 993 was the last to strike in client 1's slot (993 % 8 == 1): its strike is what is kept.
         let last = c.client(&store, 993);
         assert_eq!((last.id, last.strikes, last.last_strike), (993, 1, 1));
+    }
+
+    #[test]
+    fn the_ban_horizon_covers_every_ban_and_passes_when_they_end() {
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        assert!(!c.bans_active(&store, 100), "no ban yet");
+        c.strike(&store, 42, 100).unwrap();
+        c.strike(&store, 42, 110).unwrap();
+        assert!(!c.bans_active(&store, 110), "strikes short of a ban leave it");
+        assert_eq!(c.strike(&store, 42, 120).unwrap(), Some(600));
+        assert!(c.bans_active(&store, 121) && c.bans_active(&store, 719));
+        assert!(!c.bans_active(&store, 720), "the ban ended at 720");
+        // A later, shorter-lived ban never pulls it in; a longer one pushes it out.
+        let short = PenaltyConfig { ban_time: Duration::from_secs(10), ..config() };
+        for t in [130, 131, 132] {
+            short.strike(&store, 7, t).unwrap();
+        }
+        assert!(c.bans_active(&store, 700));
+        for t in [800, 801, 802] {
+            c.strike(&store, 9, t).unwrap();
+        }
+        assert!(c.bans_active(&store, 1401) && !c.bans_active(&store, 1402));
+        // Strikes of an old window do not count towards the next ban.
+        c.strike(&store, 5, 2000).unwrap();
+        c.strike(&store, 5, 2001).unwrap();
+        assert_eq!(c.strike(&store, 5, 2100).unwrap(), None);
+        assert!(!c.bans_active(&store, 2100), "a first strike in a new window bans no one");
+    }
+
+    #[test]
+    fn a_ban_horizon_that_cannot_be_read_counts_as_a_ban() {
+        let store = MemoryStore::default();
+        let c = config();
+        assert!(c.bans_active(&store, 100), "missing");
+        c.create(&store);
+        store.set(&c.horizon_key(), &[1, 2], 0).unwrap();
+        assert!(c.bans_active(&store, 100), "unreadable");
+    }
+
+    /// A store whose first read of one key returns an older value: another worker's write
+    /// landed between that read and the next.
+    struct StaleOnce<'a> {
+        inner: &'a MemoryStore,
+        stale: std::cell::RefCell<Option<(String, Vec<u8>)>>,
+    }
+
+    impl SharedStore for StaleOnce<'_> {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            let current = self.inner.get(key)?;
+            match self.stale.borrow_mut().take_if(|(k, _)| k == key) {
+                Some((_, old)) => Some((old, current.1)),
+                None => Some(current),
+            }
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_ban_another_worker_brought_closer_meanwhile_is_covered() {
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        c.strike(&store, 42, 100).unwrap();
+        let one = store.get(&c.key(42)).unwrap().0;
+        c.strike(&store, 42, 101).unwrap();
+        // This strike first reads one strike (no ban in sight), then finds two and bans.
+        let racing = StaleOnce { inner: &store, stale: std::cell::RefCell::new(Some((c.key(42), one))) };
+        assert_eq!(c.strike(&racing, 42, 102).unwrap(), Some(600));
+        assert!(c.bans_active(&store, 103), "the ban is covered after the fact");
     }
 
     #[test]

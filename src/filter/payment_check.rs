@@ -202,11 +202,26 @@ impl PaymentCheck {
             }
         }
         let needs_source = config.penalty.is_some() || config.bind_to == Some(IdentitySource::SourceAddress);
-        let client = self.client(gate, needs_source, forwarded_for);
+        // While no client is banned, most answers need no client record: the address (a property
+        // read) only when one does.
+        let mut client = self.client(gate, needs_source, forwarded_for, false);
+        let settled = if config.penalty.is_some() && config.bind_to != Some(IdentitySource::SourceAddress) {
+            gate.admit_without_client(&HostStore, &client.facts(&matching, &headers), &txids)
+        } else {
+            None
+        };
+        let (verdict, effects) = match settled {
+            Some(settled) => settled,
+            None => {
+                if needs_source {
+                    client.source_address = host::property(&["source", "address"]);
+                }
+                gate.admit(&HostStore, &client.facts(&matching, &headers), &txids)
+            }
+        };
         let now_ms = client.now_ms;
         let facts = client.facts(&matching, &headers);
         let source_address = client.source_address.as_deref();
-        let (verdict, effects) = gate.admit(&HostStore, &facts, &txids);
         host::count_effects(&self.metrics, effects);
         if let (Some(_), Some(source)) = (&config.guard, source_address) {
             // A banned client that reached L7 was not dropped in the kernel: posted again.
@@ -417,8 +432,9 @@ impl PaymentCheck {
         }
     }
 
-    /// Who the client is, as the gate needs it: read off the host once per request.
-    fn client(&self, gate: &Gate, needs_source: bool, forwarded_for: bool) -> ClientFacts {
+    /// Who the client is, as the gate needs it: read off the host once per request (its address
+    /// only with `read_source`).
+    fn client(&self, gate: &Gate, needs_source: bool, forwarded_for: bool, read_source: bool) -> ClientFacts {
         let config = &gate.config;
         let uses = |source: &IdentitySource| {
             config.bind_to.as_ref() == Some(source) || config.penalty.as_ref().is_some_and(|p| &p.identity == source)
@@ -429,7 +445,7 @@ impl PaymentCheck {
         .flatten();
         let now_ms = host::now_unix_ms();
         let source_trusted = !needs_source || self.source_is_the_peer(forwarded_for, now_ms);
-        let source_address = needs_source.then(|| host::property(&["source", "address"])).flatten();
+        let source_address = (needs_source && read_source).then(|| host::property(&["source", "address"])).flatten();
         ClientFacts { principal, source_address, source_trusted, claims: jwt_claims(config), now_ms }
     }
 
@@ -466,7 +482,7 @@ impl PaymentCheck {
             return Action::Pause;
         }
         // Always read the source address: cold status checks are limited per client.
-        let client = self.client(gate, true, forwarded_for);
+        let client = self.client(gate, true, forwarded_for, true);
         let facts = client.facts(&matching, headers);
         let (verdict, effects) = gate.status(&HostStore, &facts, txid);
         host::count_effects(&self.metrics, effects);
