@@ -240,6 +240,35 @@ mod tests {
     }
 
     #[test]
+    fn limits_hold_at_their_edges() {
+        let with = |extra: serde_json::Value| {
+            let mut v = json!({"etcd": {"cluster": "etcd", "authority": "etcd"}});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            validate(v)
+        };
+        assert_eq!(field(json!({"etcd": {"cluster": "", "authority": "a"}})), "ledger.etcd.cluster");
+        assert_eq!(field(json!({"etcd": {"cluster": "a", "authority": ""}})), "ledger.etcd.authority");
+        assert_eq!(with(json!({"block": "auto"})).unwrap().block, BlockSize::Auto);
+        assert_eq!(with(json!({"block": "Auto"})).unwrap_err().field, "ledger.block");
+        assert_eq!(with(json!({"block": 100_000})).unwrap().block, BlockSize::Fixed(100_000));
+        assert_eq!(with(json!({"block": 100_001})).unwrap_err().field, "ledger.block");
+        // timeout: (0, 30s]; deadline: [timeout, 60s].
+        assert_eq!(with(json!({"timeout": "30s", "deadline": "30s"})).unwrap().timeout, Duration::from_secs(30));
+        assert_eq!(with(json!({"timeout": "31s", "deadline": "40s"})).unwrap_err().field, "ledger.timeout");
+        assert_eq!(with(json!({"timeout": "1s", "deadline": "1s"})).unwrap().deadline, Duration::from_secs(1));
+        assert_eq!(with(json!({"timeout": "1s", "deadline": "999ms"})).unwrap_err().field, "ledger.deadline");
+        assert_eq!(with(json!({"deadline": "60s"})).unwrap().deadline, Duration::from_secs(60));
+        assert_eq!(with(json!({"deadline": "61s"})).unwrap_err().field, "ledger.deadline");
+        assert_eq!(with(json!({"lease_bucket": "1m"})).unwrap().lease_bucket, Duration::from_secs(60));
+        assert_eq!(with(json!({"lease_bucket": "59s"})).unwrap_err().field, "ledger.lease_bucket");
+        let secret = "0123456789abcdef";
+        assert_eq!(with(json!({"owner_secret": secret})).unwrap().owner_secret.as_deref(), Some(secret.as_bytes()));
+        assert_eq!(with(json!({"owner_secret": &secret[1..]})).unwrap_err().field, "ledger.owner_secret");
+    }
+
+    #[test]
     fn block_sizes() {
         let mut c = ok(json!({"etcd": {"cluster": "e", "authority": "e"}}));
         assert_eq!([c.block_for(10), c.block_for(100), c.block_for(1000), c.block_for(100_000)], [1, 3, 31, 256]);

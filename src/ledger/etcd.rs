@@ -488,6 +488,10 @@ mod tests {
         assert_eq!(parse_txn(404, golden("lease_not_found")), Err(EtcdError::LeaseNotFound));
         let Err(EtcdError::Failed(why)) = parse_txn(400, golden("bad_request")) else { panic!() };
         assert!(why.contains("illegal base64"), "{why}");
+        // What the logs say of each kind.
+        assert_eq!(EtcdError::Failed(why.clone()).to_string(), why);
+        assert_eq!(EtcdError::NoResponse.to_string(), "no response");
+        assert_eq!(EtcdError::LeaseNotFound.to_string(), "lease not found");
         assert_eq!(parse_lease_grant(200, golden("lease_granted")), Ok(()));
         assert_eq!(parse_lease_grant(412, golden("lease_exists")), Ok(()));
         assert!(parse_lease_grant(404, golden("lease_not_found")).is_err());
