@@ -1059,6 +1059,11 @@ def markdown(results, svg_rel):
     analysis = BENCH / "analysis.md"
     if analysis.exists():
         L += ["", "## Analysis", "", analysis.read_text().strip()]
+    scale = BENCH / "results/scale.md"
+    if scale.exists():  # `make bench-scale` (bench/scale.py): separate, it takes longer than the rest
+        body = scale.read_text().strip().split("\n")
+        body = [line.replace("\n## ", "\n### ") for line in body[1:]] if body and body[0].startswith("# ") else body
+        L += ["", "## Scale (`make bench-scale`)", "", *[("#" + x) if x.startswith("## ") else x for x in body]]
     L += ["", "## Memory and size", "",
           "| variant | RSS idle | RSS after | heap allocated after (admin `/memory`) |", "|---|---:|---:|---:|"]
     for v in VARIANTS:

@@ -492,6 +492,13 @@ mod tests {
         assert_eq!(EtcdError::Failed(why.clone()).to_string(), why);
         assert_eq!(EtcdError::NoResponse.to_string(), "no response");
         assert_eq!(EtcdError::LeaseNotFound.to_string(), "lease not found");
+        // Only a 404 that names the lease is LeaseNotFound; a 400 with that text is a failure.
+        let Err(EtcdError::Failed(why)) = parse_txn(400, golden("lease_not_found")) else { panic!() };
+        assert!(why.starts_with("status 400"), "{why}");
+        // A success without a revision (or revision 0) is not one.
+        for body in [r#"{"succeeded":true}"#, r#"{"header":{"revision":"0"},"succeeded":true}"#] {
+            assert!(matches!(parse_txn(200, body.as_bytes()), Err(EtcdError::Failed(_))), "{body}");
+        }
         assert_eq!(parse_lease_grant(200, golden("lease_granted")), Ok(()));
         assert_eq!(parse_lease_grant(412, golden("lease_exists")), Ok(()));
         assert!(parse_lease_grant(404, golden("lease_not_found")).is_err());
