@@ -253,8 +253,10 @@ fn skipping_route_problems(doc: &Value) -> Vec<String> {
                 }
                 let prefix = str_at(route, "/match/path_separated_prefix");
                 let what = format!("route {prefix:?}");
-                if skip["@type"] != "type.googleapis.com/envoy.config.route.v3.FilterConfig" || skip["disabled"] != true {
-                    problems.push(format!("{what}: per-route txgate config other than FilterConfig {{disabled: true}}"));
+                if skip["@type"] != "type.googleapis.com/envoy.config.route.v3.FilterConfig" || skip["disabled"] != true
+                {
+                    problems
+                        .push(format!("{what}: per-route txgate config other than FilterConfig {{disabled: true}}"));
                 }
                 if prefix.is_empty() || route["match"].as_object().is_some_and(|m| m.len() != 2) {
                     problems.push(format!("{what}: must match path_separated_prefix and :path only"));
@@ -267,8 +269,12 @@ fn skipping_route_problems(doc: &Value) -> Vec<String> {
                 if !regex_ok {
                     problems.push(format!("{what}: the :path match is not the canonical-only regex"));
                 }
-                let removed: Vec<&str> =
-                    route["request_headers_to_remove"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let removed: Vec<&str> = route["request_headers_to_remove"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 for name in TXGATE_REQUEST_HEADERS {
                     if !removed.contains(&name) {
                         problems.push(format!("{what}: does not remove {name}"));
@@ -306,7 +312,8 @@ fn routes_that_skip_txgate_are_free_canonical_and_strip_its_headers() {
     assert!(skipping >= 4, "every shipped config skips txgate on its free prefix ({skipping})");
     // The check can fail: envoy/local.yaml with each safeguard broken in turn.
     let doc = documents(&repo().join("envoy/local.yaml")).pop().expect("local.yaml");
-    let route = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes/0";
+    let route =
+        "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes/0";
     let config = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/1/typed_config/config/configuration/value";
     type Break = fn(&mut Value);
     let breaks: [(&str, Break); 6] = [
@@ -697,7 +704,8 @@ fn the_shipped_local_config_closes_the_ways_around_the_gate() {
         assert_eq!(reply.status, 200, "{path}: {}", reply.body);
     }
     assert_eq!(free(&stack), before + 3, "a non-canonical free path skipped txgate");
-    for path in ["/free/..;/api/hello", "/free/..\\api/hello", "/free/%2e%2e/api/hello", "/FREE/x", "/freeloader", "/free%20/x"]
+    for path in
+        ["/free/..;/api/hello", "/free/..\\api/hello", "/free/%2e%2e/api/hello", "/FREE/x", "/freeloader", "/free%20/x"]
     {
         let reply = raw(port, "GET", path, &forged);
         assert!(matches!(reply.status, 400 | 402), "{path}: {} {}", reply.status, reply.body);

@@ -8,6 +8,10 @@
 //!   `header <hex name> <hex value>`  ... and these response headers ...
 //!   `body <hex>`                ... and this body (txgate's own answer, byte for byte)
 //!   `add <hex name> <hex value>` pass the request on with this request header added (txgate's receipt)
+//!   `callout <hex cluster> <hex authority> <hex path prefix> [tip]`  before passing the request on,
+//!                               ask the explorer for the txid (`<prefix>/tx/<txid>`; with `tip`,
+//!                               `<prefix>/blocks/tip/height` too, in parallel), read the bodies,
+//!                               then resume: txgate's cold path without its decisions
 //! With no `reply` the request goes on (with the `add` headers). Whatever the configuration, the
 //! filter first reads the `x-bitcoin-txid` request header, as the original reference did.
 //!
@@ -43,6 +47,7 @@ struct Ops {
     reply_headers: Vec<(String, String)>,
     body: Vec<u8>,
     add: Vec<(String, String)>,
+    callout: Option<(String, String, String, bool)>,
 }
 
 #[derive(Default)]
@@ -96,6 +101,9 @@ impl RootContext for Root {
                 ["header", name, value] => ops.reply_headers.push((text(name), text(value))),
                 ["body", body] => ops.body = unhex(body),
                 ["add", name, value] => ops.add.push((text(name), text(value))),
+                ["callout", cluster, authority, prefix, rest @ ..] => {
+                    ops.callout = Some((text(cluster), text(authority), text(prefix), rest == ["tip"]))
+                }
                 _ => {}
             }
         }
@@ -104,7 +112,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Reference { ops: self.ops.clone() }))
+        Some(Box::new(Reference { ops: self.ops.clone(), waiting: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -114,14 +122,33 @@ impl RootContext for Root {
 
 struct Reference {
     ops: Rc<Ops>,
+    /// Callouts still under way.
+    waiting: u32,
 }
 
-impl Context for Reference {}
+impl Reference {
+    fn pass_on(&self) {
+        for (k, v) in &self.ops.add {
+            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, k, v);
+        }
+    }
+}
+
+impl Context for Reference {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let _ = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size);
+        self.waiting = self.waiting.saturating_sub(1);
+        if self.waiting == 0 {
+            self.pass_on();
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for Reference {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let ops = &self.ops;
-        let _txid = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-bitcoin-txid");
+        let txid = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-bitcoin-txid").ok().flatten();
         if ops.all_headers {
             let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
         }
@@ -154,9 +181,23 @@ impl HttpContext for Reference {
             let _ = hostcalls::send_http_response(status, headers, Some(&ops.body));
             return Action::Pause;
         }
-        for (k, v) in &ops.add {
-            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, k, v);
+        if let Some((cluster, authority, prefix, tip)) = &ops.callout {
+            let txid = txid.unwrap_or_default();
+            let mut paths = vec![format!("{prefix}/tx/{txid}")];
+            if *tip {
+                paths.push(format!("{prefix}/blocks/tip/height"));
+            }
+            for path in paths {
+                let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", authority.as_str())];
+                if hostcalls::dispatch_http_call(cluster, headers, None, vec![], std::time::Duration::from_secs(5)).is_ok() {
+                    self.waiting += 1;
+                }
+            }
+            if self.waiting > 0 {
+                return Action::Pause;
+            }
         }
+        self.pass_on();
         Action::Continue
     }
 }
