@@ -157,6 +157,8 @@ fn penalty_box_bans_without_explorer_calls_and_lifts() {
     }
     let banned_valid = stack.get_fresh("/api/a", &[("x-bitcoin-txid", &good), ("x-client", "flooder")]);
     assert_eq!(banned_valid.status, 429, "a ban covers every txid the client sends");
+    let banned_unpaid = stack.get_fresh("/api/a", &[("x-client", "flooder")]);
+    assert_eq!(banned_unpaid.status, 429, "and its requests without one: {}", banned_unpaid.body);
     assert_eq!(stack.explorer_stats(0)["tx"].as_u64().unwrap(), calls_at_ban, "no explorer call while banned");
     assert_eq!(stack.get_fresh("/api/a", &[("x-bitcoin-txid", &good), ("x-client", "honest")]).status, 200);
     sleep_until(start + Duration::from_millis(1200));
@@ -169,7 +171,7 @@ fn penalty_box_bans_without_explorer_calls_and_lifts() {
     assert_eq!(clients, ["honest", "flooder"], "only the honest request and the one after the ban");
     assert_eq!(stack.stat("txgate_penalty_bans"), 1);
     assert_eq!(stack.stat("txgate_penalty_strikes"), 3);
-    assert_eq!(stack.stat("txgate_rejected_client_banned"), 19);
+    assert_eq!(stack.stat("txgate_rejected_client_banned"), 20);
     assert_eq!(stack.stat("txgate_rejected_tx_not_found"), 3);
 }
 
