@@ -210,15 +210,18 @@ mod tests {
         assert_eq!(c.prefix("regtest"), "txgate/v1/regtest/");
     }
 
+    /// A minimal ledger config with `extra`'s fields set.
+    fn with(extra: serde_json::Value) -> Result<LedgerConfig, ConfigError> {
+        let mut v = json!({"etcd": {"cluster": "etcd", "authority": "etcd"}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        validate(v)
+    }
+
     #[test]
     fn refusals_name_the_field() {
-        let e = |extra: serde_json::Value| {
-            let mut v = json!({"etcd": {"cluster": "etcd", "authority": "etcd"}});
-            for (k, x) in extra.as_object().unwrap() {
-                v[k] = x.clone();
-            }
-            field(v)
-        };
+        let e = |extra: serde_json::Value| with(extra).unwrap_err().field;
         assert_eq!(field(json!({})), "ledger.etcd");
         assert_eq!(field(json!({"etcd": {"authority": "a"}})), "ledger.etcd.cluster");
         assert_eq!(field(json!({"etcd": {"cluster": "a"}})), "ledger.etcd.authority");
@@ -241,13 +244,6 @@ mod tests {
 
     #[test]
     fn limits_hold_at_their_edges() {
-        let with = |extra: serde_json::Value| {
-            let mut v = json!({"etcd": {"cluster": "etcd", "authority": "etcd"}});
-            for (k, x) in extra.as_object().unwrap() {
-                v[k] = x.clone();
-            }
-            validate(v)
-        };
         assert_eq!(field(json!({"etcd": {"cluster": "", "authority": "a"}})), "ledger.etcd.cluster");
         assert_eq!(field(json!({"etcd": {"cluster": "a", "authority": ""}})), "ledger.etcd.authority");
         assert_eq!(with(json!({"block": "auto"})).unwrap().block, BlockSize::Auto);
