@@ -1521,7 +1521,7 @@ mod tests {
             [("bind_to", address), ("no_strikes_for", discount), ("fail open", open), ("no penalty box", none)]
         {
             assert!(!gate.may_skip_client(&store, true, NOW_MS), "{what}");
-            assert_eq!(admit_as_glue(&gate, &store, "10.0.0.7:1", &[], NOW_MS).1, true, "{what}");
+            assert!(admit_as_glue(&gate, &store, "10.0.0.7:1", &[], NOW_MS).1, "{what}");
         }
         let (gate, store) = gate(json!({"penalty": {"identity": "source_address"}}));
         assert!(gate.may_skip_client(&store, true, NOW_MS));
