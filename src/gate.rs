@@ -1509,6 +1509,22 @@ mod tests {
     }
 
     #[test]
+    fn challenges_are_rendered_once_per_price_up_to_the_memos_capacity() {
+        let (gate, _) = gate(json!({}));
+        let price = |sats: u64| Policy { price_sats: sats, ..gate.config.default_policy };
+        let first = gate.challenge(&price(1000), None);
+        let other = gate.challenge(&price(2000), None);
+        assert!(!Rc::ptr_eq(&first, &other));
+        assert!(Rc::ptr_eq(&first, &gate.challenge(&price(1000), None)), "kept beside another price");
+        for sats in 0..CHALLENGE_MEMO as u64 - 2 {
+            gate.challenge(&price(10_000 + sats), None);
+        }
+        assert!(Rc::ptr_eq(&first, &gate.challenge(&price(1000), None)), "kept while the memo has room");
+        gate.challenge(&price(1), None);
+        assert!(!Rc::ptr_eq(&first, &gate.challenge(&price(1000), None)), "a full memo starts again");
+    }
+
+    #[test]
     fn what_asks_who_the_client_is_keeps_reading_it() {
         let address = gate(json!({"penalty": {"identity": "source_address"}, "bind_to": "source_address"}));
         let discount = gate(json!({"penalty": {"identity": "source_address"},
