@@ -1248,6 +1248,13 @@ mod tests {
         let reads = store.gets.get();
         admit(&counted, &store, "/api", &[], &[TXID]);
         assert!(store.gets.get() > reads, "a counted grant always asks the shared record");
+        // ... and goes by what it says now: another worker found the payment back in the mempool
+        // (a reorg), so it no longer has its confirmation.
+        let result = found(1000, None);
+        let stored = counted.remember(&store, &Txid::parse(TXID.as_bytes()).unwrap(), None, &result, NOW_MS);
+        assert!(matches!(stored, Stored::Payment(_)), "{stored:?}");
+        let (again, _) = admit(&counted, &store, "/api", &[], &[TXID]);
+        assert!(!matches!(again, Verdict::Allow { .. }), "{again:?}");
     }
 
     #[test]
