@@ -1595,6 +1595,20 @@ mod tests {
     }
 
     #[test]
+    fn each_clients_address_is_derived_once_per_worker() {
+        let (gate, _) = gate(json!({
+            "pay_to": {"xpub": regtest_tpub(), "script": "p2wpkh", "branch": 0},
+            "bind_to": "header:x-api-key"
+        }));
+        let a = address_of(&gate, "client-a");
+        let b = address_of(&gate, "client-b");
+        assert_ne!(a.address, b.address);
+        assert_eq!(gate.addresses.borrow().len(), 2, "both kept: a derivation costs about 2 ms of CPU");
+        assert_eq!(address_of(&gate, "client-a"), a);
+        assert_eq!(gate.addresses.borrow().len(), 2);
+    }
+
+    #[test]
     fn every_client_pays_its_own_address_and_nobody_can_use_it_first() {
         let (gate, store) = gate(json!({
             "pay_to": {"xpub": regtest_tpub(), "script": "p2wpkh", "branch": 0},
