@@ -17,6 +17,8 @@
 //!
 //! The ops, for `bench.py`'s host-call profile:
 //!   all_headers  read the whole request header map (what txgate does to find path, txid, x-txgate-*)
+//!   headers10    read ten named request headers one host call each (what txgate would do instead
+//!                if Envoy stripped its own header names: path, method, origin, cookie, ...)
 //!   metric       increment a counter
 //!   metric2      increment two counters (txgate counts `allowed` and `cache_hits` on a warm hit)
 //!   shared_get   read one shared-data key (a payment cache lookup)
@@ -37,6 +39,7 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct Ops {
     all_headers: bool,
+    headers10: bool,
     metric: Option<u32>,
     metric2: Option<u32>,
     shared_get: bool,
@@ -80,6 +83,7 @@ impl RootContext for Root {
         for op in lines.next().unwrap_or("").split(',').map(str::trim) {
             match op {
                 "all_headers" => ops.all_headers = true,
+                "headers10" => ops.headers10 = true,
                 "metric" => {
                     ops.metric = hostcalls::define_metric(MetricType::Counter, "bench_reference_requests").ok()
                 }
@@ -151,6 +155,22 @@ impl HttpContext for Reference {
         let txid = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-bitcoin-txid").ok().flatten();
         if ops.all_headers {
             let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        }
+        if ops.headers10 {
+            for name in [
+                ":path",
+                ":method",
+                ":scheme",
+                ":authority",
+                "origin",
+                "payment-signature",
+                "cookie",
+                "content-length",
+                "transfer-encoding",
+                "x-forwarded-for",
+            ] {
+                let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name);
+            }
         }
         if ops.property {
             let _ = hostcalls::get_property(vec!["source", "address"]);
