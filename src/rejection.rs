@@ -273,6 +273,9 @@ pub struct Challenge {
     pub required_head: String,
     /// The whole JSON body of a `payment_required` 402: nothing in it depends on the request.
     pub required_body: String,
+    /// The last `payment_required` header and the URL it was made for: a client asking the same
+    /// path again costs no encoding (one per challenge, so memory stays bounded).
+    last_required: std::cell::RefCell<Option<(String, std::rc::Rc<str>)>>,
 }
 
 /// The x402 `accepts[]` for a price and payee.
@@ -310,20 +313,32 @@ impl Challenge {
             required_head: payer::payment_required_head(required.code(), &required.message(config)),
             page,
             required_body: String::new(),
+            last_required: std::cell::RefCell::new(None),
         };
         rendered.required_body = required.body_with(config, Some(&rendered));
         rendered
     }
 
     /// The x402 `PAYMENT-REQUIRED` value of a 402 for `url`.
-    pub fn x402_header(&self, rejection: &Rejection, config: &Config, url: &str) -> String {
+    pub fn x402_header(&self, rejection: &Rejection, config: &Config, url: &str) -> std::rc::Rc<str> {
         match rejection {
             Rejection::PaymentRequired => {
-                payer::payment_required_header_with(&self.required_head, url, &self.x402_tail)
+                let last = self.last_required.try_borrow().ok().and_then(|last| {
+                    last.as_ref().filter(|(for_url, _)| for_url == url).map(|(_, header)| header.clone())
+                });
+                if let Some(header) = last {
+                    return header;
+                }
+                let header: std::rc::Rc<str> =
+                    payer::payment_required_header_with(&self.required_head, url, &self.x402_tail).into();
+                if let Ok(mut last) = self.last_required.try_borrow_mut() {
+                    *last = Some((url.to_string(), header.clone()));
+                }
+                header
             }
             other => {
                 let head = payer::payment_required_head(other.code(), &other.message(config));
-                payer::payment_required_header_with(&head, url, &self.x402_tail)
+                payer::payment_required_header_with(&head, url, &self.x402_tail).into()
             }
         }
     }
@@ -384,6 +399,21 @@ mod tests {
                 |h: &str| -> Value { serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap() };
             assert_eq!(decode(&challenge.x402_header(&r, &c, url)), decode(&whole), "{}", r.code());
         }
+        // The header kept for the last URL is that URL's, and only for it.
+        let required = Rejection::PaymentRequired;
+        let resource = |h: &str| -> String {
+            let json: Value = serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap();
+            json["resource"]["url"].as_str().unwrap().to_string()
+        };
+        let a = challenge.x402_header(&required, &c, "http://api.example/a");
+        assert!(std::rc::Rc::ptr_eq(&a, &challenge.x402_header(&required, &c, "http://api.example/a")), "kept");
+        assert_eq!(resource(&challenge.x402_header(&required, &c, "http://api.example/b")), "http://api.example/b");
+        assert_eq!(resource(&challenge.x402_header(&required, &c, "http://api.example/a")), "http://api.example/a");
+        assert_eq!(
+            resource(&challenge.x402_header(&Rejection::TxNotFound, &c, "http://api.example/c")),
+            "http://api.example/c"
+        );
+        assert_eq!(resource(&challenge.x402_header(&required, &c, "http://api.example/a")), "http://api.example/a");
     }
 
     #[test]
