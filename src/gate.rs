@@ -1394,6 +1394,44 @@ mod tests {
     }
 
     #[test]
+    fn status_lookups_are_counted_per_minute_of_the_clock() {
+        let (gate, store) = gate(json!({}));
+        let at = |i: u32, now_ms: u64| {
+            let facts = RequestFacts { now_ms, ..from_source("10.0.0.9:1") };
+            code(&gate.status(&store, &facts, format!("{i:064x}").as_bytes()).0)
+        };
+        // One a second: the 31st within the minute is refused, a minute after the first it is not.
+        for i in 0..STATUS_LOOKUPS_PER_WINDOW {
+            assert_eq!(at(i, NOW_MS + u64::from(i) * 1000), "lookup", "lookup {i}");
+        }
+        assert_eq!(at(99, NOW_MS + 30_500), "status_rate_limited");
+        assert_eq!(at(99, NOW_MS + 59_999), "status_rate_limited");
+        assert_eq!(at(99, NOW_MS + 60_000), "lookup", "a new minute");
+    }
+
+    #[test]
+    fn a_source_address_identity_is_struck_once_per_bad_request() {
+        let (gate, store) = gate(json!({"penalty": {"identity": "source_address", "max_strikes": 3}}));
+        for i in 0..2 {
+            let (verdict, effects) = admit(&gate, &store, "/api", &[], &["bogus"]);
+            assert_eq!((code(&verdict), effects.banned), ("invalid_txid", false), "bad request {i}");
+        }
+        let (verdict, effects) = admit(&gate, &store, "/api", &[], &["bogus"]);
+        assert_eq!((code(&verdict), effects.banned), ("invalid_txid", true), "the third bans");
+    }
+
+    #[test]
+    fn under_spv_a_cached_payment_without_a_proven_depth_is_asked_again() {
+        let (gate, store) = gate(json!({"verify": "spv", "cache": {"tip_ttl": "5s"}}));
+        // Stored as an explorer's word only (no proof): a confirmed record with no proven depth.
+        let txid = Txid::parse(TXID.as_bytes()).unwrap();
+        let stored = gate.remember(&store, &txid, None, &found(1000, Some(100)), NOW_MS);
+        assert!(matches!(stored, Stored::Payment(_)), "{stored:?}");
+        let (verdict, _) = admit(&gate, &store, "/api", &[], &[TXID]);
+        assert_eq!(code(&verdict), "lookup", "never judged from an unproven record");
+    }
+
+    #[test]
     fn tolerance_forgives_a_small_underpayment_and_reports_the_price() {
         let (gate, store) = gate(json!({"tolerance_percent": 2}));
         assert_eq!(code(&verify(&gate, &store, &[], &found(980, Some(100))).0), "allow");
