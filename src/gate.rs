@@ -1421,6 +1421,26 @@ mod tests {
     }
 
     #[test]
+    fn rotating_keys_runs_out_on_the_source_address() {
+        let (gate, store) =
+            gate(json!({"penalty": {"identity": "header:x-api-key", "max_strikes": 2, "source_factor": 2}}));
+        // Each key is struck once, never banned; the address behind them all is struck each time.
+        for i in 0..4 {
+            let key = format!("key-{i}");
+            let (verdict, effects) = admit(&gate, &store, "/api", &[("x-api-key", &key)], &["bogus"]);
+            assert_eq!((code(&verdict), effects.banned), ("invalid_txid", i == 3), "key {i}");
+        }
+        let (verdict, _) = admit(&gate, &store, "/api", &[("x-api-key", "key-new")], &[TXID]);
+        assert_eq!(code(&verdict), "client_banned", "a fresh key from a banned address");
+        let (off, store) =
+            self::gate(json!({"penalty": {"identity": "header:x-api-key", "max_strikes": 2, "source_factor": 0}}));
+        for i in 0..6 {
+            let key = format!("key-{i}");
+            assert!(!admit(&off, &store, "/api", &[("x-api-key", &key)], &["bogus"]).1.banned, "factor 0: key {i}");
+        }
+    }
+
+    #[test]
     fn under_spv_a_cached_payment_without_a_proven_depth_is_asked_again() {
         let (gate, store) = gate(json!({"verify": "spv", "cache": {"tip_ttl": "5s"}}));
         // Stored as an explorer's word only (no proof): a confirmed record with no proven depth.
