@@ -1747,6 +1747,63 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_says_whether_its_client_has_strikes() {
+        let (gate, store) = gate(json!({"penalty": {"identity": "source_address", "max_strikes": 5}}));
+        assert!(!ticket_of(admit(&gate, &store, "/api", &[], &[TXID]).0).has_strikes, "a clean client");
+        admit(&gate, &store, "/api", &[], &["bogus"]);
+        let ticket = ticket_of(admit(&gate, &store, "/api", &[], &[TXID]).0);
+        assert!(ticket.has_strikes, "after a strike");
+        assert_eq!(ticket.inflight_limit, 4, "no more lookups than strikes left");
+    }
+
+    #[test]
+    fn a_no_strikes_discount_counts_from_the_first_visit_or_the_last_strike() {
+        let (gate, store) = gate(json!({
+            "penalty": {"identity": "source_address", "max_strikes": 5},
+            "discounts": [{"name": "calm", "percent": 10, "no_strikes_for": "1h"}]
+        }));
+        let price_at = |now_ms: u64| {
+            let facts = RequestFacts { now_ms, ..from_source("10.0.0.5:1") };
+            match gate.admit(&store, &facts, &[]).0 {
+                Verdict::Reject { policy: Some(policy), .. } => policy.price_sats,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(price_at(NOW_MS), 1000, "first seen now");
+        assert_eq!(price_at(NOW_MS + 3_599_000), 1000);
+        assert_eq!(price_at(NOW_MS + 3_600_000), 900, "an hour without strikes since the first visit");
+        let facts = RequestFacts { now_ms: NOW_MS + 4_000_000, ..from_source("10.0.0.5:1") };
+        assert!(gate.admit(&store, &facts, &[b"bogus"]).1.struck);
+        assert_eq!(price_at(NOW_MS + 4_000_000 + 3_599_000), 1000, "an hour after the strike, not yet");
+        assert_eq!(price_at(NOW_MS + 4_000_000 + 3_600_000), 900);
+    }
+
+    #[test]
+    fn the_tip_is_read_when_unknown_stale_or_below_the_block() {
+        let (gate, store) = gate(json!({"cache": {"tip_ttl": "5s"}}));
+        assert!(gate.tip_needed(&store, 0, None, NOW_MS), "never read");
+        gate.record_tip(&store, 0, 110, NOW_MS);
+        assert!(!gate.tip_needed(&store, 0, None, NOW_MS + 4_999), "fresh");
+        assert!(!gate.tip_needed(&store, 0, Some(110), NOW_MS), "a block at the tip");
+        assert!(!gate.tip_needed(&store, 0, Some(100), NOW_MS), "a block below it");
+        assert!(gate.tip_needed(&store, 0, Some(111), NOW_MS), "a block above the tip it knows");
+        assert!(gate.tip_needed(&store, 0, None, NOW_MS + 5_000), "stale");
+        assert!(gate.tip_needed(&store, 1, Some(100), NOW_MS), "another explorer's tip is its own");
+    }
+
+    #[test]
+    fn remembering_a_confirmed_payment_again_is_no_reorg() {
+        let txid = Txid::parse(TXID.as_bytes()).unwrap();
+        for verify in ["explorer", "spv"] {
+            let (gate, store) = gate(json!({"verify": verify}));
+            let result = if verify == "spv" { proven(1000, Some(100), 1) } else { found(1000, Some(100)) };
+            assert!(matches!(gate.remember(&store, &txid, None, &result, NOW_MS), Stored::Payment(_)), "{verify}");
+            let again = gate.remember(&store, &txid, None, &result, NOW_MS + 1000);
+            assert!(matches!(again, Stored::Payment(_)), "{verify}: {again:?}");
+        }
+    }
+
+    #[test]
     fn a_derivation_path_reads_branch_then_the_two_halves() {
         let a = ClientAddress { address: "bcrt1q".into(), path: (3, 12, 34) };
         assert_eq!(a.path_text(), "3/12/34");
