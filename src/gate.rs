@@ -1321,6 +1321,47 @@ mod tests {
         assert_eq!(code(&verify(&closed, &store, &[], &no_tip).0), "explorer_unavailable");
     }
 
+    /// `verify` at another time (admit and resolve both at `now_ms`).
+    fn verify_at(gate: &Gate, store: &MemoryStore, result: &LookupResult, now_ms: u64) -> (Verdict, Effects) {
+        let facts = RequestFacts { now_ms, ..from_source("10.0.0.1:999") };
+        let ticket = ticket_of(gate.admit(store, &facts, &[TXID.as_bytes()]).0);
+        let stored = gate.remember(store, &ticket.txid, ticket.payee.as_ref(), result, now_ms);
+        gate.resolve(store, ticket, result, stored, now_ms)
+    }
+
+    #[test]
+    fn windows_are_counted_in_seconds_of_the_clock() {
+        // Fail-open passes: 2 per client per minute.
+        let failed = LookupResult { tx: Err(ExplorerError::NoResponse), tip: None, explorer: 0 };
+        let (open, store) = gate(json!({"failure_mode": "open", "fail_open": {"acknowledged": true, "per_client": 2}}));
+        assert_eq!(verify_at(&open, &store, &failed, NOW_MS).0, Verdict::AllowUnverified);
+        assert_eq!(verify_at(&open, &store, &failed, NOW_MS + 1_000).0, Verdict::AllowUnverified);
+        assert_eq!(code(&verify_at(&open, &store, &failed, NOW_MS + 2_000).0), "explorer_unavailable");
+        assert_eq!(verify_at(&open, &store, &failed, NOW_MS + 60_000).0, Verdict::AllowUnverified, "a new minute");
+        // A grant window of 10 s from the first use.
+        let (windowed, store) = gate(json!({"grant": {"requests": 100, "window": "10s"}}));
+        assert_eq!(code(&verify_at(&windowed, &store, &found(1000, Some(100)), NOW_MS).0), "allow");
+        assert_eq!(code(&admit_at(&windowed, &store, NOW_MS + 9_999)), "allow");
+        assert_eq!(code(&admit_at(&windowed, &store, NOW_MS + 10_000)), "payment_exhausted");
+        // Strikes from the explorer's answers: 2 within find_time ban, 2 a minute apart do not.
+        let (strict, store) = gate(
+            json!({"penalty": {"identity": "source_address", "max_strikes": 2, "find_time": "1m"}, "cache": {"not_found_ttl": "0s"}}),
+        );
+        let missing = LookupResult { tx: Ok(TxAnswer::NotFound), tip: Some(110), explorer: 0 };
+        assert!(!verify_at(&strict, &store, &missing, NOW_MS).1.banned);
+        assert!(!verify_at(&strict, &store, &missing, NOW_MS + 61_000).1.banned, "the first strike's window ended");
+        assert!(verify_at(&strict, &store, &missing, NOW_MS + 62_000).1.banned, "two within a minute");
+    }
+
+    #[test]
+    fn a_counted_payment_with_no_slot_is_never_sent_to_the_explorer_again() {
+        let (gate, store) = gate(json!({"grant": {"requests": 5}}));
+        let ticket = ticket_of(admit(&gate, &store, "/api", &[], &[TXID]).0);
+        let (verdict, effects) = gate.resolve(&store, ticket, &found(1000, Some(100)), Stored::Full, NOW_MS);
+        assert!(effects.ledger_full);
+        assert_ne!(code(&verdict), "lookup", "{verdict:?}");
+    }
+
     /// What a request to /api from `source` with no headers tells the gate.
     fn from_source(source: &str) -> RequestFacts<'_> {
         RequestFacts {
