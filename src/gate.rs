@@ -1360,6 +1360,11 @@ mod tests {
         let (verdict, effects) = gate.resolve(&store, ticket, &found(1000, Some(100)), Stored::Full, NOW_MS);
         assert!(effects.ledger_full);
         assert_ne!(code(&verdict), "lookup", "{verdict:?}");
+        // A negative answer is kept elsewhere: no slot was wanted, none is missing.
+        let ticket = ticket_of(admit(&gate, &store, "/api", &[], &[TXID]).0);
+        let missing = LookupResult { tx: Ok(TxAnswer::NotFound), tip: Some(110), explorer: 0 };
+        let (verdict, effects) = gate.resolve(&store, ticket, &missing, Stored::Elsewhere, NOW_MS);
+        assert_eq!((code(&verdict), effects.ledger_full), ("tx_not_found", false));
     }
 
     /// What a request to /api from `source` with no headers tells the gate.
