@@ -2056,6 +2056,90 @@ mod tests {
             (code(&verdict), effects)
         }
 
+        /// The wait of a first paid request on a ledger gate (explorer answered `result`).
+        fn first_wait(gate: &Gate, store: &MemoryStore, result: &LookupResult, now_ms: u64) -> Box<LedgerWait> {
+            let facts = RequestFacts { now_ms, ..from_source("10.0.0.1:999") };
+            let verdict = match gate.admit(store, &facts, &[TXID.as_bytes()]).0 {
+                Verdict::Lookup(ticket) => {
+                    let stored = gate.remember(store, &ticket.txid, None, result, now_ms);
+                    gate.resolve(store, ticket, result, stored, now_ms).0
+                }
+                cached => cached,
+            };
+            match verdict {
+                Verdict::Ledger(wait) => wait,
+                other => panic!("expected to wait for the ledger, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_first_use_starts_at_the_clock_and_its_keys_outlive_the_longest_max_age() {
+            let (gate, store) = ledger_gate(json!({"grant": {"requests": 5}, "max_age": "2h"}));
+            let now = NOW_MS + 1_500;
+            let wait = first_wait(&gate, &store, &found(1000, Some(100)), now);
+            // The block is a minute old: the payment buys until 2 h from now at most.
+            assert_eq!(wait.expires_secs, now / 1000 + 7200);
+            let (unconfirmed, store2) = ledger_gate(json!({"grant": {"requests": 5}, "min_confirmations": 0}));
+            let mempool = first_wait(&unconfirmed, &store2, &found(1000, None), now);
+            assert_eq!(mempool.expires_secs, now / 1000 + 86_400);
+            let Some(Attempt::First { pay, .. }) =
+                gate.ledger_attempt(&store, wait.slot, &wait.record, Some(&wait), 1, now)
+            else {
+                panic!("a first use makes first contact")
+            };
+            assert_eq!((pay.first_used, pay.limit), (now / 1000, 5));
+            // With nothing waiting and no first contact made, there is nothing to ask etcd.
+            assert_eq!(gate.ledger_attempt(&store, wait.slot, &wait.record, None, 2, now), None);
+        }
+
+        #[test]
+        fn chain_facts_are_shared_only_for_explorer_verified_fixed_addresses() {
+            let (gate, store) = ledger_gate(json!({"grant": {"requests": 5}}));
+            assert!(gate.shares_chain_facts());
+            let wait = first_wait(&gate, &store, &found(1000, Some(100)), NOW_MS);
+            let facts = gate.chain_facts(&store, wait.slot, &wait.record).expect("a confirmed payment's facts");
+            assert_eq!((facts.paid_sats, facts.height, facts.time), (1000, 100, NOW_MS / 1000 - 60));
+            let Some(TxAnswer::Found { block, outputs }) = gate.answer_from_facts(&facts) else { panic!() };
+            assert_eq!(
+                (block.map(|b| (b.height, b.time)), outputs),
+                (Some((100, facts.time)), vec![(PAY_TO.to_string(), 1000)])
+            );
+            let key = gate.chain_facts_key(&Txid::parse(TXID.as_bytes()).unwrap()).unwrap();
+            assert_eq!(key, Keys::new("txgate/v1/regtest/", &wait.record, "").fact);
+            assert!(key.starts_with("txgate/v1/regtest/") && key.len() > "txgate/v1/regtest/".len(), "{key}");
+            // A mempool payment has no chain facts to share yet.
+            let (other, store2) = ledger_gate(json!({"grant": {"requests": 5}, "min_confirmations": 0}));
+            let pending = first_wait(&other, &store2, &found(1000, None), NOW_MS);
+            assert_eq!(other.chain_facts(&store2, pending.slot, &pending.record), None);
+            // Not shared: spv (each replica proves), per-client addresses, or no ledger.
+            let spv = ledger_gate(json!({"verify": "spv", "grant": {"requests": 5}})).0;
+            let xpub = ledger_gate(json!({"pay_to": {"xpub": regtest_tpub(), "script": "p2wpkh", "branch": 0},
+                                            "bind_to": "header:x-api-key"}))
+            .0;
+            let alone = super::gate(json!({})).0;
+            for (what, g) in [("spv", &spv), ("xpub", &xpub), ("no ledger", &alone)] {
+                assert!(!g.shares_chain_facts(), "{what}");
+            }
+            assert_eq!(spv.chain_facts(&store, wait.slot, &wait.record), None);
+            assert_eq!(alone.chain_facts_key(&Txid::parse(TXID.as_bytes()).unwrap()), None);
+        }
+
+        #[test]
+        fn a_local_fallback_counts_its_window_in_seconds_of_the_clock() {
+            let (gate, store) = ledger_gate(json!({"grant": {"requests": 100, "window": "10s"}, "ledger": {
+                "etcd": {"cluster": "etcd", "authority": "etcd"}, "failure_mode": "local"}}));
+            let wait = first_wait(&gate, &store, &found(1000, Some(100)), NOW_MS);
+            let (slot, record) = (wait.slot, wait.record);
+            assert_eq!(code(&gate.ledger_failed(&store, *wait, NOW_MS).0), "allow");
+            let again = |now_ms: u64| {
+                let wait = first_wait(&gate, &store, &found(1000, Some(100)), now_ms);
+                assert_eq!((wait.slot, wait.record), (slot, record));
+                code(&gate.ledger_failed(&store, *wait, now_ms).0)
+            };
+            assert_eq!(again(NOW_MS + 9_999), "allow");
+            assert_eq!(again(NOW_MS + 10_000), "payment_exhausted");
+        }
+
         #[test]
         fn a_grant_is_exact_across_two_envoys() {
             let mut etcd = Etcd::default();
