@@ -229,6 +229,8 @@ type ChallengeKey = (Policy, Option<(u32, u32, u32)>);
 
 /// Status checks that may ask an explorer, per client and window: a person polling a few tabs
 /// stays far below it; a script probing random txids does not get far.
+/// How long a worker trusts its copy of a proven payment under `verify: spv` (see `admit_as`).
+const PAYMENT_MEMO_SPV_MS: u64 = 1_000;
 const STATUS_LOOKUPS_PER_WINDOW: u32 = 30;
 const STATUS_WINDOW_SECS: u64 = 60;
 const STATUS_SLOTS: usize = 1024;
@@ -622,12 +624,15 @@ impl Gate {
         let raw = Self::record_key(&ticket.txid, ticket.payee.as_ref());
         // Nothing counted or bound: a confirmed payment's shared record never changes.
         let immutable = self.immutable();
-        let found = match self.memo.payment(&raw).filter(|_| immutable) {
+        // Under spv another worker may find the block gone (a reorg): a copy is trusted for a
+        // second, as the tip is; otherwise a confirmed, uncounted record never changes.
+        let trust_ms = if self.config.spv().is_some() { PAYMENT_MEMO_SPV_MS } else { u64::MAX };
+        let found = match self.memo.payment(&raw, facts.now_ms, trust_ms).filter(|_| immutable) {
             Some(hit) => Some((true, hit)),
             None => {
                 let found = self.payments.find(store, &raw).map(|f| (true, f));
                 if let (Some((_, (slot, record))), true) = (&found, immutable) {
-                    self.memo.keep_payment(*slot, record);
+                    self.memo.keep_payment(*slot, record, facts.now_ms);
                 }
                 found.or_else(|| self.negatives.find(store, &raw).map(|f| (false, f)))
             }
@@ -1896,6 +1901,32 @@ mod tests {
         });
         let outputs = vec![(script, paid), (vec![0x51], 5)];
         LookupResult { tx: Ok(TxAnswer::Proven { block, outputs }), tip: None, explorer: 0 }
+    }
+
+    #[test]
+    fn under_spv_every_worker_notices_a_reorg_within_a_second() {
+        // Two workers: one shared store, each gate with its own per-worker memo.
+        let (a, store) = gate(json!({"verify": "spv", "cache": {"tip_ttl": "5s"}}));
+        let b = Gate::new(
+            Config::from_json(
+                json!({"network": "regtest", "pay_to": [PAY_TO], "price_sats": 1000,
+                   "explorers": [{"cluster": "e", "authority": "e"}], "routes": [{"prefix": "/free", "free": true}],
+                   "verify": "spv", "cache": {"tip_ttl": "5s"}})
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap(),
+        );
+        b.create_slots(&store);
+        let (first, _) = verify(&a, &store, &[], &proven(1000, Some(100), 1));
+        assert!(matches!(first, Verdict::Allow { .. }), "{first:?}");
+        assert_eq!(code(&admit_at(&a, &store, NOW_MS + 100)), "allow", "a copies it");
+        // b learns that the block left the best chain.
+        let txid = Txid::parse(TXID.as_bytes()).unwrap();
+        let gone = LookupResult { tx: Ok(TxAnswer::NotFound), tip: None, explorer: 0 };
+        assert_eq!(b.remember(&store, &txid, None, &gone, NOW_MS + 200), Stored::Reorged);
+        assert_eq!(code(&admit_at(&a, &store, NOW_MS + 1_099)), "allow", "a's copy, at most a second old");
+        assert_ne!(code(&admit_at(&a, &store, NOW_MS + 1_100)), "allow", "then a reads the shared record");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::store::SharedStore;
 const TIP_MEMO_MS: u64 = 1_000;
 
 pub struct LocalMemo {
-    payments: RefCell<HashMap<[u8; 32], (usize, PaymentRecord)>>,
+    /// Slot, record, and when it was copied here (unix ms).
+    payments: RefCell<HashMap<[u8; 32], (usize, PaymentRecord, u64)>>,
     capacity: usize,
     /// Per explorer: (height, when the shared tip was read from the explorer, when copied here).
     tips: RefCell<Vec<Option<(u64, u64, u64)>>>,
@@ -26,12 +27,15 @@ impl LocalMemo {
         LocalMemo { payments: RefCell::new(HashMap::new()), capacity, tips: RefCell::new(Vec::new()) }
     }
 
-    pub fn payment(&self, txid: &[u8; 32]) -> Option<(usize, PaymentRecord)> {
-        self.payments.try_borrow().ok()?.get(txid).copied()
+    /// This worker's copy of a confirmed payment, if it was made less than `trust_ms` ago.
+    pub fn payment(&self, txid: &[u8; 32], now_ms: u64, trust_ms: u64) -> Option<(usize, PaymentRecord)> {
+        let map = self.payments.try_borrow().ok()?;
+        let (slot, record, copied) = map.get(txid)?;
+        (now_ms < copied.saturating_add(trust_ms)).then_some((*slot, *record))
     }
 
     /// Keeps a confirmed payment; forgets everything when full (simple and bounded).
-    pub fn keep_payment(&self, slot: usize, record: &PaymentRecord) {
+    pub fn keep_payment(&self, slot: usize, record: &PaymentRecord, now_ms: u64) {
         if !matches!(record.state, PaymentState::Confirmed { .. }) {
             return;
         }
@@ -39,7 +43,7 @@ impl LocalMemo {
             if map.len() >= self.capacity {
                 map.clear();
             }
-            map.insert(record.txid, (slot, *record));
+            map.insert(record.txid, (slot, *record, now_ms));
         }
     }
 
@@ -98,13 +102,18 @@ mod tests {
     #[test]
     fn keeps_only_confirmed_payments_and_stays_bounded() {
         let memo = LocalMemo::new(2);
-        memo.keep_payment(0, &PaymentRecord::new([9; 32], PaymentState::NotFound, 5, 0));
-        assert!(memo.payment(&[9; 32]).is_none());
+        memo.keep_payment(0, &PaymentRecord::new([9; 32], PaymentState::NotFound, 5, 0), 0);
+        assert!(memo.payment(&[9; 32], 0, u64::MAX).is_none());
         for t in 1..=3 {
-            memo.keep_payment(usize::from(t), &confirmed(t));
+            memo.keep_payment(usize::from(t), &confirmed(t), 0);
         }
-        assert!(memo.payment(&[3; 32]).is_some());
+        assert!(memo.payment(&[3; 32], 0, u64::MAX).is_some());
         assert!(memo.payments.borrow().len() <= 2);
+        // A copy is trusted for as long as the caller says.
+        memo.keep_payment(4, &confirmed(4), 1_000);
+        assert!(memo.payment(&[4; 32], 1_999, 1_000).is_some());
+        assert!(memo.payment(&[4; 32], 2_000, 1_000).is_none());
+        assert!(memo.payment(&[4; 32], 1_000_000, u64::MAX).is_some());
     }
 
     #[test]
@@ -129,12 +138,12 @@ mod tests {
     #[test]
     fn keeps_payments_up_to_its_capacity_then_starts_again() {
         let memo = LocalMemo::new(2);
-        memo.keep_payment(1, &confirmed(1));
-        memo.keep_payment(2, &confirmed(2));
-        assert_eq!(memo.payment(&[1; 32]), Some((1, confirmed(1))), "room for two");
-        assert_eq!(memo.payment(&[2; 32]), Some((2, confirmed(2))));
-        memo.keep_payment(3, &confirmed(3));
-        assert_eq!(memo.payment(&[3; 32]), Some((3, confirmed(3))));
-        assert_eq!(memo.payment(&[1; 32]), None, "full: forgot everything");
+        memo.keep_payment(1, &confirmed(1), 0);
+        memo.keep_payment(2, &confirmed(2), 0);
+        assert_eq!(memo.payment(&[1; 32], 0, u64::MAX), Some((1, confirmed(1))), "room for two");
+        assert_eq!(memo.payment(&[2; 32], 0, u64::MAX), Some((2, confirmed(2))));
+        memo.keep_payment(3, &confirmed(3), 0);
+        assert_eq!(memo.payment(&[3; 32], 0, u64::MAX), Some((3, confirmed(3))));
+        assert_eq!(memo.payment(&[1; 32], 0, u64::MAX), None, "full: forgot everything");
     }
 }
