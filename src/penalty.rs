@@ -292,6 +292,8 @@ mod tests {
         let c = config();
         c.create(&store);
         assert!(!c.bans_active(&store, 100), "no ban yet");
+        // Scoped like the slots (one penalty box per deployment), beside them, not one of them.
+        assert_eq!(c.horizon_key(), "txgate/test/c/horizon");
         c.strike(&store, 42, 100).unwrap();
         c.strike(&store, 42, 110).unwrap();
         assert!(!c.bans_active(&store, 110), "strikes short of a ban leave it");
