@@ -256,8 +256,26 @@ mod tests {
         assert_eq!(c.strike(&store, 43, 104).unwrap(), None);
         assert!(c.banned_for(&c.client(&store, 42), 105).is_some(), "still banned");
         assert_eq!(c.client(&store, 43).strikes, 0, "the newcomer's strike could not be kept");
-        c.strike(&store, 43, 800).unwrap();
+        // The ban started at 102 and lasts 600 s: it is over at 702, to the second.
+        c.strike(&store, 43, 701).unwrap();
+        assert_eq!(c.client(&store, 43).strikes, 0, "a second before its end");
+        c.strike(&store, 43, 702).unwrap();
         assert_eq!(c.client(&store, 43).strikes, 1, "once the ban is over the slot is free");
+    }
+
+    #[test]
+    fn a_client_is_first_seen_at_its_first_strike_and_stays_so() {
+        let store = MemoryStore::default();
+        let c = config();
+        c.create(&store);
+        c.strike(&store, 42, 100).unwrap();
+        c.strike(&store, 42, 130).unwrap();
+        let r = c.client(&store, 42);
+        assert_eq!((r.first_seen, r.last_strike, r.strikes), (100, 130, 2));
+        // A visit recorded before any strike is kept by the strikes that follow.
+        c.touch(&store, &c.client(&store, 7), 50);
+        c.strike(&store, 7, 60).unwrap();
+        assert_eq!(c.client(&store, 7).first_seen, 50);
     }
 
     #[test]
