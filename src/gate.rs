@@ -227,10 +227,10 @@ pub struct Gate {
 /// A challenge is rendered per price and per client address (its derivation path).
 type ChallengeKey = (Policy, Option<(u32, u32, u32)>);
 
-/// Status checks that may ask an explorer, per client and window: a person polling a few tabs
-/// stays far below it; a script probing random txids does not get far.
 /// How long a worker trusts its copy of a proven payment under `verify: spv` (see `admit_as`).
 const PAYMENT_MEMO_SPV_MS: u64 = 1_000;
+/// Status checks that may ask an explorer, per client and window: a person polling a few tabs
+/// stays far below it; a script probing random txids does not get far.
 const STATUS_LOOKUPS_PER_WINDOW: u32 = 30;
 const STATUS_WINDOW_SECS: u64 = 60;
 const STATUS_SLOTS: usize = 1024;

@@ -139,6 +139,11 @@ impl PenaltyConfig {
             .unwrap_or(ClientRecord { id, ..ClientRecord::default() })
     }
 
+    /// Whether a client's strikes are older than `find_time`: the next strike starts afresh.
+    fn window_over(&self, record: &ClientRecord, now_secs: u64) -> bool {
+        now_secs >= record.window_start.saturating_add(self.find_time.as_secs())
+    }
+
     /// Seconds left on a ban, if the client is banned now.
     pub fn banned_for(&self, record: &ClientRecord, now_secs: u64) -> Option<u64> {
         (record.banned_until > now_secs).then(|| record.banned_until.saturating_sub(now_secs))
@@ -173,8 +178,7 @@ impl PenaltyConfig {
         // requests that skip the client's record. At worst it covers a strike that banned no one.
         let until = now_secs.saturating_add(self.ban_time.as_secs());
         let known = self.client(store, id);
-        let live =
-            if now_secs >= known.window_start.saturating_add(self.find_time.as_secs()) { 0 } else { known.strikes };
+        let live = if self.window_over(&known, now_secs) { 0 } else { known.strikes };
         let extended = live.saturating_add(1) >= u64::from(max_strikes);
         if extended {
             self.extend_horizon(store, until)?;
@@ -186,7 +190,7 @@ impl PenaltyConfig {
                 Some(r) if r.banned_until > now_secs => return (None, None),
                 _ => ClientRecord { id, ..Default::default() },
             };
-            if now_secs >= r.window_start.saturating_add(self.find_time.as_secs()) {
+            if self.window_over(&r, now_secs) {
                 r.window_start = now_secs;
                 r.strikes = 0;
             }

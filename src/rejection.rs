@@ -387,6 +387,7 @@ mod tests {
         let c = config();
         let challenge = Challenge::render(&c, &c.default_policy, None);
         let url = "http://api.example/data?x=\"1\"";
+        let decode = |h: &str| -> Value { serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap() };
         for r in [
             Rejection::PaymentRequired,
             Rejection::TxNotFound,
@@ -395,16 +396,11 @@ mod tests {
             assert_eq!(challenge.json_body(&r, &c), r.body_with(&c, Some(&challenge)), "{}", r.code());
             let accepts = x402_accepts(&c, &c.default_policy, &c.pay_to);
             let whole = payer::payment_required_header(r.code(), &r.message(&c), url, &accepts);
-            let decode =
-                |h: &str| -> Value { serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap() };
             assert_eq!(decode(&challenge.x402_header(&r, &c, url)), decode(&whole), "{}", r.code());
         }
         // The header kept for the last URL is that URL's, and only for it.
         let required = Rejection::PaymentRequired;
-        let resource = |h: &str| -> String {
-            let json: Value = serde_json::from_slice(&crate::ledger::b64::decode(h).unwrap()).unwrap();
-            json["resource"]["url"].as_str().unwrap().to_string()
-        };
+        let resource = |h: &str| -> String { decode(h)["resource"]["url"].as_str().unwrap().to_string() };
         let a = challenge.x402_header(&required, &c, "http://api.example/a");
         assert!(std::rc::Rc::ptr_eq(&a, &challenge.x402_header(&required, &c, "http://api.example/a")), "kept");
         assert_eq!(resource(&challenge.x402_header(&required, &c, "http://api.example/b")), "http://api.example/b");

@@ -205,11 +205,7 @@ impl PaymentCheck {
         // While no client is banned, most answers need no client record: the address (a property
         // read) only when one does.
         let mut client = self.client(gate, needs_source, forwarded_for, false);
-        let settled = if config.penalty.is_some() && config.bind_to != Some(IdentitySource::SourceAddress) {
-            gate.admit_without_client(&HostStore, &client.facts(&matching, &headers), &txids)
-        } else {
-            None
-        };
+        let settled = gate.admit_without_client(&HostStore, &client.facts(&matching, &headers), &txids);
         let (verdict, effects) = match settled {
             Some(settled) => settled,
             None => {
