@@ -240,7 +240,7 @@ fuzz: fuzz-build
 
 # --- benchmarks (issue 6) ---
 # Envoy alone vs Envoy + do-nothing reference wasm filter vs Envoy + txgate, same config, same run.
-# Not part of `make test` (noisy); bench-smoke is (a few hundred requests per scenario, status codes).
+# Not part of `make test` (noisy), nor is bench-smoke (a few hundred requests per scenario, status codes).
 BENCH_REF_DIR := bench/reference-filter
 BENCH_REF_TARGET := target/bench-reference
 BENCH_REF_WASM := $(BENCH_REF_TARGET)/$(WASM_TARGET)/release/txgate_bench_reference.wasm
@@ -253,13 +253,19 @@ BENCH_ARGS ?=
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
 	mkdir -p .tools && touch $@
 
+# oha: the open-loop load generator of the p99 targets (a fixed request rate, latency counted from when
+# each request was due). From crates; a first build takes several minutes.
+OHA_VERSION := 1.16.0
+.tools/bin/oha:
+	cargo install --root .tools oha --version $(OHA_VERSION) --locked
+
 bench-reference: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) --manifest-path $(BENCH_REF_DIR)/Cargo.toml \
 	  --target-dir $(BENCH_REF_TARGET)
 
 # Full run (~12 minutes): BENCHMARKS.md, bench/results/results.json and bench/results/ratios.svg.
 # The ledger runs first: BENCHMARKS.md quotes its results.
-bench: tools wasm devnet bench-reference .tools/wrk.stamp
+bench: tools wasm devnet bench-reference .tools/wrk.stamp .tools/bin/oha
 	python3 bench/ledger.py
 	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/bench.py $(BENCH_ARGS)
 

@@ -19,7 +19,7 @@ use crate::ledger::owner::owner_id;
 use crate::memo::LocalMemo;
 use crate::payment::{decide, Decision, Receipt};
 use crate::penalty::ClientRecord;
-use crate::rejection::{Challenge, Rejection};
+use crate::rejection::{Challenge, PlainBodies, Rejection};
 use crate::scope::Scopes;
 use crate::store::SharedStore;
 use crate::txid::Txid;
@@ -222,6 +222,8 @@ pub struct Gate {
     status_lookups: Allowance,
     /// 402 challenges this worker rendered, by price and payee (see `Challenge`).
     challenges: std::cell::RefCell<std::collections::HashMap<ChallengeKey, Rc<Challenge>>>,
+    /// The bodies of the rejections that carry nothing of the request (see `PlainBodies`).
+    pub plain_bodies: PlainBodies,
 }
 
 /// A challenge is rendered per price and per client address (its derivation path).
@@ -270,6 +272,7 @@ impl Gate {
         let pay_to_scripts =
             config.pay_to.iter().filter_map(|a| crate::address::script_pubkey(a, config.network).ok()).collect();
         let ledger = config.ledger.as_ref().map(|_| LedgerTable::new(&scopes.payments, slots));
+        let plain_bodies = PlainBodies::render(&config);
         Gate {
             config,
             scopes,
@@ -290,6 +293,7 @@ impl Gate {
                 std::time::Duration::from_secs(STATUS_WINDOW_SECS),
             ),
             challenges: std::cell::RefCell::new(std::collections::HashMap::new()),
+            plain_bodies,
         }
     }
 

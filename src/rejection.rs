@@ -227,6 +227,44 @@ impl Rejection {
     }
 }
 
+/// The rejections whose JSON body carries nothing of the request (no challenge: a 402 with a
+/// route's price is the `Challenge`'s). Their bodies are rendered once per configuration.
+const PLAIN: [Rejection; 15] = [
+    Rejection::PaymentRequired,
+    Rejection::InvalidTxid,
+    Rejection::TxNotFound,
+    Rejection::ExplorerUnavailable,
+    Rejection::BoundToOtherClient,
+    Rejection::VerificationBusy,
+    Rejection::Internal,
+    Rejection::InvalidPath,
+    Rejection::TxTooLarge,
+    Rejection::LedgerFull,
+    Rejection::ForwardedForUntrusted,
+    Rejection::ProofInvalid,
+    Rejection::ExplorerDisagreement,
+    Rejection::PaymentReorged,
+    Rejection::LedgerUnavailable,
+];
+
+/// The bodies of the `PLAIN` rejections for one configuration: a flood of malformed txids or bad
+/// paths costs no rendering.
+pub struct PlainBodies(Vec<String>);
+
+impl PlainBodies {
+    pub fn render(config: &Config) -> PlainBodies {
+        PlainBodies(PLAIN.iter().map(|r| r.body_with(config, None)).collect())
+    }
+
+    /// The body without a challenge: pre-rendered for a plain rejection, rendered for the rest.
+    pub fn body(&self, rejection: &Rejection, config: &Config) -> std::borrow::Cow<'_, str> {
+        match PLAIN.iter().position(|p| p == rejection).and_then(|i| self.0.get(i)) {
+            Some(body) => std::borrow::Cow::Borrowed(body),
+            None => std::borrow::Cow::Owned(rejection.body_with(config, None)),
+        }
+    }
+}
+
 /// How to pay for the route: everything a client needs to build the payment. With per-client
 /// addresses, `pay_to` holds this client's own address and `derivation` where it comes from.
 pub fn challenge(config: &Config, policy: &Policy, payee: Option<&ClientAddress>) -> String {

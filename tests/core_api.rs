@@ -10,7 +10,7 @@ use txgate::config::Config;
 use txgate::duration::{parse_duration, DurationError};
 use txgate::esplora::{parse_tip_height, ExplorerError, MAX_BODY_BYTES};
 use txgate::gate::{Gate, LookupResult, RequestFacts, Stored, Verdict};
-use txgate::rejection::Rejection;
+use txgate::rejection::{PlainBodies, Rejection};
 use txgate::store::{SharedStore, StoreError, UpdateError};
 
 const PAY_TO: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
@@ -233,6 +233,42 @@ fn every_rejection_answers_as_the_readme_table_says() {
     messages.sort();
     messages.dedup();
     assert_eq!(messages.len(), rejections.len(), "each rejection says what is wrong in its own words");
+}
+
+/// The glue answers a rejection without a challenge from `PlainBodies`: byte for byte what
+/// rendering it would give, for every rejection and for a configuration with its own header name;
+/// rendered once for those that carry nothing of the request, per request for the rest.
+#[test]
+fn pre_rendered_bodies_are_the_rendered_ones() {
+    let config = Config::from_json(
+        json!({"network": "regtest", "pay_to": [PAY_TO], "price_sats": 1000, "header": "x-paid-with",
+               "explorers": [{"cluster": "e", "authority": "e"}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let plain = PlainBodies::render(&config);
+    let mut borrowed = Vec::new();
+    for r in every_rejection() {
+        let body = plain.body(&r, &config);
+        assert_eq!(body, r.body_with(&config, None), "{}", r.code());
+        if matches!(body, std::borrow::Cow::Borrowed(_)) {
+            borrowed.push(r.code());
+        }
+    }
+    assert!(plain.body(&Rejection::InvalidTxid, &config).contains("x-paid-with"));
+    let with_fields = [
+        "insufficient_payment",
+        "insufficient_confirmations",
+        "payment_expired",
+        "payment_exhausted",
+        "client_banned",
+        "identity_required",
+        "status_rate_limited",
+    ];
+    let expected: Vec<&str> =
+        every_rejection().iter().map(Rejection::code).filter(|c| !with_fields.contains(c)).collect();
+    assert_eq!(borrowed, expected, "every rejection without fields is pre-rendered");
 }
 
 #[test]

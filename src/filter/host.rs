@@ -229,7 +229,7 @@ pub fn send_rejection(
         }
         None => {
             headers.push(("content-type", "application/json"));
-            Cow::Owned(rejection.body_with(&gate.config, None))
+            gate.plain_bodies.body(rejection, &gate.config)
         }
     };
     if let Err(status) = hostcalls::send_http_response(rejection.status(), headers, Some(body.as_bytes())) {

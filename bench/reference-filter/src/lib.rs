@@ -8,10 +8,12 @@
 //!   `header <hex name> <hex value>`  ... and these response headers ...
 //!   `body <hex>`                ... and this body (txgate's own answer, byte for byte)
 //!   `add <hex name> <hex value>` pass the request on with this request header added (txgate's receipt)
-//!   `callout <hex cluster> <hex authority> <hex path prefix> [tip]`  before passing the request on,
-//!                               ask the explorer for the txid (`<prefix>/tx/<txid>`; with `tip`,
-//!                               `<prefix>/blocks/tip/height` too, in parallel), read the bodies,
-//!                               then resume: txgate's cold path without its decisions
+//!   `callout <hex cluster> <hex authority> <hex path prefix> [tip|spv]`  before passing the request
+//!                               on, ask the explorer for the txid (`<prefix>/tx/<txid>`; with `tip`,
+//!                               `<prefix>/blocks/tip/height` too, in parallel; with `spv`,
+//!                               `<prefix>/tx/<txid>/hex` and `<prefix>/tx/<txid>/merkle-proof` in
+//!                               parallel instead, the first round of `verify: spv`), read the
+//!                               bodies, then resume: txgate's cold path without its decisions
 //! With no `reply` the request goes on (with the `add` headers). Whatever the configuration, the
 //! filter first reads the `x-bitcoin-txid` request header, as the original reference did.
 //!
@@ -50,7 +52,7 @@ struct Ops {
     reply_headers: Vec<(String, String)>,
     body: Vec<u8>,
     add: Vec<(String, String)>,
-    callout: Option<(String, String, String, bool)>,
+    callout: Option<(String, String, String, Vec<&'static str>)>,
 }
 
 #[derive(Default)]
@@ -106,7 +108,12 @@ impl RootContext for Root {
                 ["body", body] => ops.body = unhex(body),
                 ["add", name, value] => ops.add.push((text(name), text(value))),
                 ["callout", cluster, authority, prefix, rest @ ..] => {
-                    ops.callout = Some((text(cluster), text(authority), text(prefix), rest == ["tip"]))
+                    let suffixes = match rest {
+                        ["tip"] => vec!["/tx/{txid}", "/blocks/tip/height"],
+                        ["spv"] => vec!["/tx/{txid}/hex", "/tx/{txid}/merkle-proof"],
+                        _ => vec!["/tx/{txid}"],
+                    };
+                    ops.callout = Some((text(cluster), text(authority), text(prefix), suffixes))
                 }
                 _ => {}
             }
@@ -201,13 +208,10 @@ impl HttpContext for Reference {
             let _ = hostcalls::send_http_response(status, headers, Some(&ops.body));
             return Action::Pause;
         }
-        if let Some((cluster, authority, prefix, tip)) = &ops.callout {
+        if let Some((cluster, authority, prefix, suffixes)) = &ops.callout {
             let txid = txid.unwrap_or_default();
-            let mut paths = vec![format!("{prefix}/tx/{txid}")];
-            if *tip {
-                paths.push(format!("{prefix}/blocks/tip/height"));
-            }
-            for path in paths {
+            for suffix in suffixes {
+                let path = format!("{prefix}{}", suffix.replace("{txid}", &txid));
                 let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", authority.as_str())];
                 if hostcalls::dispatch_http_call(cluster, headers, None, vec![], std::time::Duration::from_secs(5)).is_ok() {
                     self.waiting += 1;
