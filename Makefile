@@ -246,18 +246,17 @@ BENCH_REF_TARGET := target/bench-reference
 BENCH_REF_WASM := $(BENCH_REF_TARGET)/$(WASM_TARGET)/release/txgate_bench_reference.wasm
 BENCH_ARGS ?=
 
-.PHONY: bench bench-smoke bench-reference bench-ledger bench-scale
+.PHONY: bench bench-smoke bench-reference bench-openloop bench-ledger bench-scale
 
 .tools/wrk.stamp:
 	@command -v wrk >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
 	mkdir -p .tools && touch $@
 
-# oha: the open-loop load generator of the p99 targets (a fixed request rate, latency counted from when
-# each request was due). From crates; a first build takes several minutes.
-OHA_VERSION := 1.16.0
-.tools/bin/oha:
-	cargo install --root .tools oha --version $(OHA_VERSION) --locked
+# The open-loop load generator of the p99 targets (bench/openloop: a fixed request rate, latency
+# counted from when each request was due).
+bench-openloop: .tools/rust.stamp
+	cargo build --release -p txgate-openloop
 
 bench-reference: .tools/rust.stamp
 	cargo build --release --target $(WASM_TARGET) --manifest-path $(BENCH_REF_DIR)/Cargo.toml \
@@ -265,7 +264,7 @@ bench-reference: .tools/rust.stamp
 
 # Full run (~12 minutes): BENCHMARKS.md, bench/results/results.json and bench/results/ratios.svg.
 # The ledger runs first: BENCHMARKS.md quotes its results.
-bench: tools wasm devnet bench-reference .tools/wrk.stamp .tools/bin/oha
+bench: tools wasm devnet bench-reference bench-openloop .tools/wrk.stamp
 	python3 bench/ledger.py
 	BENCH_REFERENCE_WASM=$(abspath $(BENCH_REF_WASM)) python3 bench/bench.py $(BENCH_ARGS)
 

