@@ -119,6 +119,7 @@ lint: .tools/rust.stamp .tools/guard.stamp
 	cargo clippy -p txgate --all-targets -- -D warnings $(TEST_CODE_ALLOWS)
 	cargo clippy -p devnet --all-targets -- -D warnings
 	cargo clippy -p txgate-admin --all-targets -- -D warnings
+	cargo clippy -p txgate-openloop -- -D warnings
 	cargo clippy -p txgate-guard -- -D warnings
 	cargo clippy -p txgate-guard --all-targets -- -D warnings $(TEST_CODE_ALLOWS)
 
