@@ -1138,6 +1138,64 @@ mod tests {
         assert_eq!(c.access_for("/other"), AccessRef::Paid(c.default_policy));
     }
 
+    /// Each limit accepts its edge and refuses one past it; a refusal reads "field: reason".
+    #[test]
+    fn limits_hold_at_their_edges() {
+        let at = |pairs: &[(&str, Value)]| {
+            let mut v = minimal();
+            for (k, value) in pairs {
+                v[*k] = value.clone();
+            }
+            v
+        };
+        let err = refusal(&with("timeout", json!("61s")));
+        assert_eq!(err.to_string(), format!("timeout: {}", err.reason));
+        assert!(err.to_string().starts_with("timeout: must be at most 60s"), "{err}");
+        let edge = parse(&at(&[("timeout", json!("60s")), ("deadline", json!("60s"))])).unwrap();
+        assert_eq!((edge.timeout, edge.deadline), (Duration::from_secs(60), Duration::from_secs(60)));
+        assert_eq!(refusal(&at(&[("timeout", json!("3s")), ("deadline", json!("2999ms"))])).field, "deadline");
+        let max = u64::from(MAX_TOLERANCE_PERCENT);
+        assert_eq!(parse(&with("tolerance_percent", json!(max))).unwrap().tolerance_percent, MAX_TOLERANCE_PERCENT);
+        assert_eq!(refusal(&with("tolerance_percent", json!(max + 1))).field, "tolerance_percent");
+        for (find, ban) in [("500ms", "10m"), ("1m", "999ms")] {
+            let v = with("penalty", json!({"identity": "source_address", "find_time": find, "ban_time": ban}));
+            assert_eq!(refusal(&v).field, "penalty", "find_time {find}, ban_time {ban}");
+        }
+        let long = "t".repeat(MAX_TEXT_FIELD);
+        let page = parse(&with("paywall", json!({"title": long.clone()}))).unwrap().paywall.unwrap();
+        assert_eq!(page.title, long);
+        let too_long = "t".repeat(MAX_TEXT_FIELD + 1);
+        assert_eq!(refusal(&with("paywall", json!({"title": too_long}))).field, "paywall.title");
+        let named = parse(&with("paywall", json!({"title": "Weather API"}))).unwrap().paywall.unwrap();
+        assert_eq!(named.title, "Weather API");
+        let blank = parse(&with("paywall", json!({"title": ""}))).unwrap().paywall.unwrap();
+        assert_eq!(blank.title, "this API");
+        let nameless = with("discounts", json!([{"name": "", "percent": 5, "no_strikes_for": "1h"}]));
+        assert_eq!(refusal(&nameless).field, "discounts[0].name");
+        let header =
+            |name: &str| json!({"name": name, "percent": 5, "header": {"name": "x-d", "set_by_trusted_filter": true}});
+        let dashed = parse(&with("discounts", json!([header("a-b_c9")]))).unwrap();
+        assert_eq!(dashed.discounts.first().map(|d| d.name.as_str()), Some("a-b_c9"));
+        assert_eq!(refusal(&with("discounts", json!([header("a.b")]))).field, "discounts[0].name");
+        let twice = refusal(&with("discounts", json!([header("d"), header("e"), header("d")])));
+        assert_eq!((twice.field.as_str(), twice.reason.as_str()), ("discounts[2].name", "\"d\" is used twice"));
+        for (key, claim) in [("", "tier"), ("jwt", "")] {
+            let d = json!([{"name": "j", "percent": 5, "jwt_claim": {"metadata_key": key, "claim": claim}}]);
+            assert_eq!(refusal(&with("discounts", d)).field, "discounts[0].jwt_claim", "{key:?} {claim:?}");
+        }
+    }
+
+    /// A `max_age` of 0 means no limit: combined with a real one, the real one is stricter.
+    #[test]
+    fn a_max_age_of_zero_is_the_loosest() {
+        let policy = |secs| Policy { price_sats: 1, min_confirmations: 1, max_age: Duration::from_secs(secs) };
+        let (none, hour, day) = (policy(0), policy(3600), policy(86_400));
+        assert_eq!(none.stricter(&hour).max_age, hour.max_age);
+        assert_eq!(hour.stricter(&none).max_age, hour.max_age);
+        assert_eq!(day.stricter(&hour).max_age, hour.max_age);
+        assert_eq!(none.stricter(&none).max_age, Duration::ZERO);
+    }
+
     #[test]
     fn every_bad_field_is_named() {
         let explorer = |e: Value| with("explorers", json!([e]));

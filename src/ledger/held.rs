@@ -384,6 +384,18 @@ mod tests {
         assert_eq!(take(&contacted(0, 1, 0, 0), &want(None, 1)), (None, Take::Granted { refill: false }));
     }
 
+    /// A slot's held state is kept only for the payment it is about: another payment that lands
+    /// in the slot starts blank, with nothing of the first one's blocks or contact.
+    #[test]
+    fn a_slot_holding_another_payment_starts_blank() {
+        let mine = Held { contacted: true, left: 5, used_seen: 3, rev: 8, ..Held::for_record(None, &R) };
+        assert_eq!(Held::for_record(Some(mine), &R), mine);
+        let other = Held { record: [7; 32], ..mine };
+        let fresh = Held::for_record(Some(other), &R);
+        assert_eq!(fresh, Held::for_record(None, &R));
+        assert_eq!((fresh.record, fresh.contacted, fresh.left), (R, false, 0));
+    }
+
     #[test]
     fn attempts_ask_for_a_block_or_what_is_left() {
         let blank = Held::for_record(None, &R);
@@ -421,6 +433,31 @@ mod tests {
         assert!(absorb(&blank, &attempt, &TxnReply::Failed { ranges: vec![None, None, None] }).is_err());
     }
 
+    /// One key per slot, under the scope: a slot's held state is its own, and ending a failed
+    /// refill touches only a refill of this payment that is under way.
+    #[test]
+    fn the_table_keeps_a_key_per_slot_and_ends_only_this_payments_refill() {
+        use crate::store::memory::MemoryStore;
+        let table = LedgerTable::new("scope/", 4);
+        assert_eq!((table.key(0), table.key(3)), ("scope/l/0".to_string(), "scope/l/3".to_string()));
+        let store = MemoryStore::default();
+        table.create(&store);
+        assert_eq!(store.len(), 4);
+        let refilling = Held { refill_until_ms: 900, ..contacted(50, 8, 3, 8) };
+        store.set(&table.key(1), &refilling.encode(), 0).unwrap();
+        assert_eq!(table.read(&store, 1, &R), refilling);
+        assert_eq!(table.read(&store, 2, &R), Held::for_record(None, &R), "another slot");
+        let version = |slot| store.get(&table.key(slot)).map(|(_, cas)| cas);
+        let before = version(1);
+        table.refill_over(&store, 1, &[7; 32]);
+        assert_eq!((table.read(&store, 1, &R), version(1)), (refilling, before), "another payment's refill");
+        table.refill_over(&store, 1, &R);
+        assert_eq!(table.read(&store, 1, &R), Held { refill_until_ms: 0, ..refilling });
+        let before = version(1);
+        table.refill_over(&store, 1, &R);
+        assert_eq!(version(1), before, "no refill under way: nothing written");
+    }
+
     #[test]
     fn reservation_replies_are_exactly_once() {
         let h = contacted(50, 8, 1, 8);
@@ -438,6 +475,7 @@ mod tests {
         // The payment left the ledger (lease expired).
         let (n, a) = absorb(&h, &attempt, &TxnReply::Failed { ranges: vec![None, None] }).unwrap();
         assert_eq!((a, n.contacted, n.left), (Absorbed::Gone, false, 0));
+        assert_eq!(n, Held::for_record(None, &R), "blank, and still about this payment");
         // An older revision never rolls the count back.
         let reply = TxnReply::Failed { ranges: vec![kv("2|y|2", 3), None] };
         let (n, _) = absorb(&h, &attempt, &reply).unwrap();

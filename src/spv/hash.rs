@@ -77,6 +77,16 @@ impl fmt::Display for HexError {
 mod tests {
     use super::*;
 
+    /// The bytes are kept in internal order; logs (Debug, Display) print the explorers' order.
+    #[test]
+    fn a_hash_shows_itself_in_display_order_and_keeps_internal_order() {
+        let genesis = "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f";
+        let h = Hash256::from_display_hex(genesis).unwrap();
+        assert_eq!((h.as_bytes()[0], h.as_bytes()[31]), (0x6f, 0x00));
+        assert_eq!(h.as_bytes(), &h.0);
+        assert_eq!((format!("{h}"), format!("{h:?}")), (genesis.to_string(), genesis.to_string()));
+    }
+
     #[test]
     fn genesis_header_hashes_to_its_display_hash() {
         // Block 0's 80-byte header and hash (Bitcoin Core chainparams.cpp; bitcoinj first-100k-blocks.dat).
