@@ -88,6 +88,12 @@ mod tests {
     }
 
     #[test]
+    fn hex_refusals_say_what_is_wrong() {
+        assert_eq!(HexError::OddLength.to_string(), "hex body has an odd number of digits");
+        assert_eq!(HexError::NotHex.to_string(), "hex body has a character that is not a hex digit");
+    }
+
+    #[test]
     fn genesis_header_hashes_to_its_display_hash() {
         // Block 0's 80-byte header and hash (Bitcoin Core chainparams.cpp; bitcoinj first-100k-blocks.dat).
         let header = hex::decode(crate::spv::vectors::HEADERS_0_10[0]).unwrap();

@@ -387,4 +387,50 @@ mod tests {
         assert!(matches!(parse_blocks_json(b"{}"), Err(BlocksError::Json(_))));
         assert_eq!(parse_blocks_json(b"[]"), Ok(vec![]));
     }
+
+    /// A page of `MAX_BLOCKS_PER_PAGE` consecutive blocks is read; one more is refused unread.
+    #[test]
+    fn a_page_holds_at_most_the_limit() {
+        let page = |n: u32| {
+            let mut prev = Hash256([0; 32]);
+            let mut blocks = Vec::new();
+            for height in 0..n {
+                let header = Header {
+                    version: 1,
+                    prev,
+                    merkle_root: Hash256([3; 32]),
+                    time: height,
+                    bits: 0x207f_ffff,
+                    nonce: 0,
+                    hash: Hash256([0; 32]),
+                };
+                let id = dsha256(&header.to_bytes());
+                blocks.push(serde_json::json!({
+                    "id": id.to_display_hex(), "height": height, "version": 1, "timestamp": height,
+                    "merkle_root": header.merkle_root.to_display_hex(), "nonce": 0, "bits": 0x207f_ffff_u32,
+                    "previousblockhash": (height > 0).then(|| prev.to_display_hex()),
+                }));
+                prev = id;
+            }
+            blocks.reverse();
+            serde_json::to_vec(&blocks).unwrap()
+        };
+        let limit = u32::try_from(MAX_BLOCKS_PER_PAGE).unwrap();
+        assert_eq!(parse_blocks_json(&page(limit)).map(|v| v.len()), Ok(MAX_BLOCKS_PER_PAGE));
+        assert_eq!(parse_blocks_json(&page(limit + 1)), Err(BlocksError::TooMany(MAX_BLOCKS_PER_PAGE + 1)));
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong_with_headers_and_pages() {
+        assert_eq!(HeaderError::Length(79).to_string(), "block header is 79 bytes, not 80");
+        assert_eq!(HeaderError::NotHex.to_string(), "block header is not hex");
+        assert_eq!(HeaderError::BadBits(CompactError::Zero).to_string(), "block header nBits is zero");
+        assert_eq!(HeaderError::HashAboveTarget.to_string(), "block hash does not meet its own nBits target");
+        assert_eq!(HeaderError::BelowFloor.to_string(), "block target is easier than the difficulty floor");
+        assert_eq!(BlocksError::Json("eof".into()).to_string(), "blocks list is not the expected JSON: eof");
+        assert_eq!(BlocksError::BadHash { height: 7 }.to_string(), "block 7 has a hash that is not 64 hex digits");
+        assert_eq!(BlocksError::IdMismatch { height: 7 }.to_string(), "block 7's fields do not hash to its id");
+        assert_eq!(BlocksError::NotConsecutive { height: 7 }.to_string(), "block 7 is not one below the previous");
+        assert_eq!(BlocksError::TooMany(101).to_string(), "blocks list has 101 entries");
+    }
 }

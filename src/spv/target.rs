@@ -141,6 +141,27 @@ mod tests {
         hex::decode(format!("{hex_text:0>64}")).unwrap().try_into().unwrap()
     }
 
+    /// The largest targets at each exponent that still fit 256 bits are accepted; one byte more
+    /// overflows. The early range check and the byte loop agree, so swapping an `||` of the range
+    /// check for `&&` changes nothing (the loop refuses the same values): those mutants are equivalent.
+    #[test]
+    fn the_widest_targets_fit_and_one_byte_more_overflows() {
+        let fits = [
+            (0x2200_00ff, be(&format!("ff{}", "00".repeat(31)))),
+            (0x2100_ffff, be(&format!("ffff{}", "00".repeat(30)))),
+            (0x207f_ffff, be(&format!("7fffff{}", "00".repeat(29)))),
+        ];
+        for (bits, target) in fits {
+            assert_eq!(Target::from_compact(bits), Ok(Target(target)), "{bits:#x}");
+        }
+        for bits in [0x2300_0001, 0x2200_0100, 0x2101_0000] {
+            assert_eq!(Target::from_compact(bits), Err(CompactError::Overflow), "{bits:#x}");
+        }
+        assert_eq!(CompactError::Negative.to_string(), "nBits is negative");
+        assert_eq!(CompactError::Overflow.to_string(), "nBits overflows 256 bits");
+        assert_eq!(CompactError::Zero.to_string(), "nBits is zero");
+    }
+
     #[test]
     fn known_targets() {
         // Genesis nBits 1d00ffff: 0x00ffff * 2^(8*(0x1d-3)).
