@@ -160,6 +160,10 @@ mod tests {
         assert_eq!(CompactError::Negative.to_string(), "nBits is negative");
         assert_eq!(CompactError::Overflow.to_string(), "nBits overflows 256 bits");
         assert_eq!(CompactError::Zero.to_string(), "nBits is zero");
+        let genesis = Target::from_compact(0x1d00_ffff).unwrap();
+        let bytes = be(&format!("ffff{}", "00".repeat(26)));
+        assert_eq!(genesis.to_be_bytes(), bytes);
+        assert_eq!(format!("{genesis:?}"), format!("Target({})", hex::encode(bytes)));
     }
 
     #[test]

@@ -219,6 +219,46 @@ mod tests {
     use super::*;
     use crate::spv::vectors::*;
 
+    /// CompactSizes at the edge of each width: the smallest value a width may carry is minimal;
+    /// one less had to use the narrower width.
+    #[test]
+    fn compact_sizes_are_minimal_at_each_edge() {
+        let read = |bytes: &[u8]| Reader::new(bytes).compact_size();
+        assert_eq!(read(&[0xfc]), Ok(0xfc));
+        assert_eq!(read(&[0xfd, 0xfd, 0x00]), Ok(0xfd));
+        assert_eq!(read(&[0xfd, 0xfc, 0x00]), Err(TxError::NonMinimalCompactSize));
+        assert_eq!(read(&[0xfe, 0x00, 0x00, 0x01, 0x00]), Ok(0x1_0000));
+        assert_eq!(read(&[0xfe, 0xff, 0xff, 0x00, 0x00]), Err(TxError::NonMinimalCompactSize));
+        assert_eq!(read(&[0xff, 0, 0, 0, 0, 1, 0, 0, 0]), Ok(0x1_0000_0000));
+        assert_eq!(read(&[0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), Err(TxError::NonMinimalCompactSize));
+    }
+
+    /// A count may claim exactly the bytes that remain, not one item more.
+    #[test]
+    fn a_count_may_fill_the_rest_exactly() {
+        assert_eq!(Reader::new(&[0x02, 0xaa, 0xbb]).count(1), Ok(2));
+        assert_eq!(Reader::new(&[0x03, 0xaa, 0xbb]).count(1), Err(TxError::CountTooLarge));
+        assert_eq!(Reader::new(&[0x01, 0xaa, 0xbb]).count(2), Ok(1));
+        assert_eq!(Reader::new(&[0x02, 0xaa, 0xbb]).count(2), Err(TxError::CountTooLarge));
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong_with_the_transaction() {
+        let texts = [
+            (TxError::Truncated, "raw transaction ends inside a field"),
+            (TxError::TrailingBytes, "raw transaction has bytes after its lock time"),
+            (TxError::NonMinimalCompactSize, "raw transaction has a non-minimal CompactSize"),
+            (TxError::CountTooLarge, "raw transaction has a count larger than its remaining bytes"),
+            (TxError::NoInputs, "raw transaction has no inputs"),
+            (TxError::NoOutputs, "raw transaction has no outputs"),
+            (TxError::BadSegwitFlag(2), "raw transaction has segwit flag 0x02, not 0x01"),
+            (TxError::EmptyWitnesses, "raw transaction is segwit-serialized with all witnesses empty"),
+        ];
+        for (error, text) in texts {
+            assert_eq!(error.to_string(), text);
+        }
+    }
+
     fn raw(hex_text: &str) -> Vec<u8> {
         hex::decode(hex_text).unwrap()
     }
