@@ -366,6 +366,11 @@ mod tests {
         assert_eq!(txid_from_payment_signature(b"not base64!"), None);
         let long = json!({"x402Version": 2, "payload": {"txid": txid, "pad": "x".repeat(4000)}});
         assert_eq!(txid_from_payment_signature(&signature(&long)), None, "over 4 KiB");
+        let mut at_limit = signature(&v2);
+        at_limit.resize(MAX_SIGNATURE_BYTES, b' ');
+        assert_eq!(txid_from_payment_signature(&at_limit), Some(txid.clone()), "exactly 4 KiB");
+        at_limit.push(b' ');
+        assert_eq!(txid_from_payment_signature(&at_limit), None, "one byte over");
         let response: Value =
             serde_json::from_slice(&b64::decode(&payment_response_header(Network::Regtest, &txid, "1000")).unwrap())
                 .unwrap();

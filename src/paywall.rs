@@ -190,6 +190,49 @@ mod tests {
         }
     }
 
+    /// The SVG draws exactly the QR code's dark modules: rebuilt from its runs, module for module.
+    /// (`x < size` → `x <= size` is equivalent: the module past the edge reads light.)
+    #[test]
+    fn the_qr_svg_draws_exactly_the_codes_dark_modules() {
+        for address in ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"] {
+            let svg = qr_svg(address, 1000).unwrap();
+            let bech32 = address.starts_with("bcrt1");
+            let head =
+                if bech32 { format!("BITCOIN:{}", address.to_ascii_uppercase()) } else { format!("bitcoin:{address}") };
+            let first =
+                if bech32 { QrSegment::make_alphanumeric(&head) } else { QrSegment::make_bytes(head.as_bytes()) };
+            let segments = [first, QrSegment::make_bytes(b"?amount=0.00001")];
+            let qr = QrCode::encode_segments(&segments, QrCodeEcc::Medium).unwrap();
+            let size = qr.size();
+            let mut drawn = vec![vec![false; size as usize]; size as usize];
+            let path = svg.split(" d=\"").nth(1).unwrap().split('"').next().unwrap();
+            for run in path.split('z').filter(|r| !r.is_empty()) {
+                let (start, rest) = run.trim_start_matches('M').split_once('h').unwrap();
+                let (x, y) = start.split_once(',').unwrap();
+                let (x, y): (i32, i32) = (x.parse::<i32>().unwrap() - 4, y.parse::<i32>().unwrap() - 4);
+                let len: i32 = rest.split('v').next().unwrap().parse().unwrap();
+                assert!(len > 0, "{run}");
+                for dx in 0..len {
+                    assert!(!drawn[y as usize][(x + dx) as usize], "a module drawn twice: {run}");
+                    drawn[y as usize][(x + dx) as usize] = true;
+                }
+            }
+            for y in 0..size {
+                for x in 0..size {
+                    assert_eq!(drawn[y as usize][x as usize], qr.get_module(x, y), "module ({x}, {y}) of {address}");
+                }
+            }
+            let full = size + 8;
+            assert!(svg.contains(&format!("viewBox=\"0 0 {full} {full}\"")), "a 4-module quiet zone");
+        }
+    }
+
+    /// CSP hashes are `'sha256-<base64>'` of the exact text (the empty string's is well known).
+    #[test]
+    fn csp_hashes_are_sha256_in_base64() {
+        assert_eq!(csp_hash(""), "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='");
+    }
+
     #[test]
     fn the_page_is_self_contained_escaped_and_allowed_by_its_own_csp() {
         let page = Page::render(&facts("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"));
