@@ -191,7 +191,7 @@ mod tests {
     }
 
     /// The SVG draws exactly the QR code's dark modules: rebuilt from its runs, module for module.
-    /// (`x < size` → `x <= size` is equivalent: the module past the edge reads light.)
+    /// (`x < size` → `x <= size`, in either loop, is equivalent: the module past the edge reads light.)
     #[test]
     fn the_qr_svg_draws_exactly_the_codes_dark_modules() {
         for address in ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"] {
@@ -274,5 +274,8 @@ mod tests {
         assert_eq!(human_duration(7_200), "2 hours");
         assert_eq!(human_duration(90), "90 seconds");
         assert_eq!(human_duration(120), "2 minutes");
+        assert_eq!(human_duration(90_000), "25 hours", "over a day, not whole days");
+        assert_eq!(human_duration(5_400), "90 minutes", "over an hour, not whole hours");
+        assert_eq!(human_duration(61), "61 seconds");
     }
 }
