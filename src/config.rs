@@ -1170,6 +1170,35 @@ mod tests {
         assert_eq!(named.title, "Weather API");
         let blank = parse(&with("paywall", json!({"title": ""}))).unwrap().paywall.unwrap();
         assert_eq!(blank.title, "this API");
+        let two = json!([{"cluster": "a", "authority": "a"}, {"cluster": "b", "authority": "b"}]);
+        let spv = |quorum: u32, confirmations: u32| {
+            at(&[
+                ("explorers", two.clone()),
+                ("verify", json!("spv")),
+                ("quorum", json!(quorum)),
+                ("min_confirmations", json!(confirmations)),
+            ])
+        };
+        match parse(&spv(2, MAX_SPV_CONFIRMATIONS)).unwrap().verify {
+            Verify::Spv(spv) => assert_eq!(spv.quorum, 2, "a quorum of every explorer"),
+            Verify::Explorer => panic!("verify spv was configured"),
+        }
+        assert_eq!(refusal(&spv(3, 6)).field, "quorum");
+        assert_eq!(refusal(&spv(2, MAX_SPV_CONFIRMATIONS + 1)).field, "min_confirmations");
+        assert_eq!(parse(&with("price_sats", json!(MAX_SATS))).unwrap().default_policy.price_sats, MAX_SATS);
+        assert_eq!(refusal(&with("price_sats", json!(MAX_SATS + 1))).field, "price_sats");
+        let most = parse(&with("min_confirmations", json!(MAX_CONFIRMATIONS))).unwrap();
+        assert_eq!(most.default_policy.min_confirmations, MAX_CONFIRMATIONS);
+        assert_eq!(refusal(&with("min_confirmations", json!(MAX_CONFIRMATIONS + 1))).field, "min_confirmations");
+        for cluster in ["", " c", "c "] {
+            let e = with("explorers", json!([{"cluster": cluster, "authority": "a"}]));
+            assert_eq!(refusal(&e).field, "explorers[0].cluster", "{cluster:?}");
+        }
+        for extra in [json!({"min_confirmations": 2}), json!({"max_age": "1h"}), json!({"price_sats": 5})] {
+            let mut route = json!({"prefix": "/a", "free": true});
+            route.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            assert_eq!(refusal(&with("routes", json!([route]))).field, "routes[0].free", "{extra}");
+        }
         let nameless = with("discounts", json!([{"name": "", "percent": 5, "no_strikes_for": "1h"}]));
         assert_eq!(refusal(&nameless).field, "discounts[0].name");
         let header =
